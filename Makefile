@@ -1,0 +1,66 @@
+# nightshift: `make run` starts the embedded stack, `make test` runs the tests. Both set up what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYPROJECTS := libs/nightshift/pyproject.toml services/sandbox/pyproject.toml \
+              services/evaluator/pyproject.toml cli/pyproject.toml requirements-dev.txt
+SANDBOX_IMAGE ?= nightshift/sandbox-base:bookworm
+
+.PHONY: setup system-deps proto run test test-e2e test-slow lint fmt bench sandbox-image up down clean
+
+setup: system-deps $(STAMP)
+
+# Debian packages the sandbox needs (bubblewrap; debootstrap to build the container base image).
+system-deps:
+	@bash deploy/scripts/install-system-deps.sh
+
+$(STAMP): $(PYPROJECTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt \
+	    -e libs/nightshift -e services/sandbox -e services/evaluator -e cli
+	touch $(STAMP)
+
+# Regenerate the Python stubs from proto/ (committed; tests/contract fails when they are stale).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=libs/nightshift --pyi_out=libs/nightshift \
+	    --grpc_python_out=libs/nightshift proto/nightshift/v1/*.proto
+
+# Base image of the docker sandbox backend, built locally (no registry): debootstrap + docker import.
+sandbox-image:
+	@bash deploy/scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+
+run: setup
+	$(VENV)/bin/nightshift up $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+test: setup sandbox-image
+	$(PY) -m pytest -m "not e2e and not slow" tests
+
+test-e2e: setup
+	$(PY) -m pytest -m e2e tests
+
+test-slow: setup sandbox-image
+	$(PY) -m pytest -m slow tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup sandbox-image
+	$(PY) bench/sandbox/run.py
+
+# docker compose deployment (deploy/); the compose tool here is `docker-compose`.
+up: sandbox-image
+	bash deploy/scripts/compose.sh up -d --build
+
+down:
+	bash deploy/scripts/compose.sh down
+
+clean:
+	rm -rf $(VENV) .pytest_cache

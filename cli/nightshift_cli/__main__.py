@@ -1,0 +1,3 @@
+from nightshift_cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Shared library of the nightshift services (config, bus, gRPC helpers, logging, stubs)."""

@@ -1,0 +1,1 @@
+"""nightshift sandbox service: compiles and tests untrusted Rust in isolation."""
