@@ -17,6 +17,7 @@ from nightshift.v1 import evaluator_pb2, evaluator_pb2_grpc, sandbox_pb2, sandbo
 from rich.console import Console
 from rich.table import Table
 
+from nightshift_cli import koans
 from nightshift_cli.rpc import CliError, channel, explain, health
 from nightshift_cli.stack import SERVICES, installed_services, run_stack
 
@@ -171,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--max-rows", type=int, default=0, help="row cap (default: the service's)")
     query.add_argument("--timeout", type=float, default=60.0, help="RPC deadline in seconds")
     query.set_defaults(func=cmd_query)
+
+    koans.add_parser(sub)
     return parser
 
 

@@ -40,8 +40,9 @@ def run_stack(data_dir: Path, console: Console, timeout: float = 60.0) -> int:
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
     url = urlparse(nats_url())
-    nats = NatsServer(data_dir / "nats", port=url.port or 4222, host=url.hostname or "127.0.0.1",
-                      log_file=logs / "nats.log")
+    nats = NatsServer(
+        data_dir / "nats", port=url.port or 4222, host=url.hostname or "127.0.0.1", log_file=logs / "nats.log"
+    )
     stopping = False
 
     def _stop(signum, _frame):
@@ -104,7 +105,9 @@ def _wait_healthy(children: list[Child], timeout: float, stopping) -> None:
                 pending.remove(child)
         if time.monotonic() > deadline:
             names = ", ".join(c.name for c in pending)
-            raise CliError(f"not healthy after {timeout:.0f}s: {names} (logs in {children[0].log_path.parent})")
+            raise CliError(
+                f"not healthy after {timeout:.0f}s: {names} (logs in {children[0].log_path.parent})"
+            )
         time.sleep(0.2)
 
 

@@ -56,9 +56,7 @@ async def test_streams_of_the_design_exist(bus):
 
 def test_every_event_message_has_a_subject():
     names = {
-        m.name
-        for m in events_pb2.DESCRIPTOR.message_types_by_name.values()
-        if m.name != "EventEnvelope"
+        m.name for m in events_pb2.DESCRIPTOR.message_types_by_name.values() if m.name != "EventEnvelope"
     }
     assert names == set(events.SUBJECTS)
     for subject in events.SUBJECTS.values():
@@ -134,3 +132,28 @@ async def test_broker_restart_loses_and_duplicates_nothing(bus, nats_server):
     ids = [e.event_id for e in first + second]
     assert sorted(store.rows) == sorted(ids)
     assert await bus.stream_last_sequence("SANDBOX") == 10  # nothing published twice
+
+
+async def test_connect_without_a_broker_fails_clearly():
+    from nightshift.bus import BusUnavailableError
+    from nightshift.natsserver import free_port
+
+    with pytest.raises(BusUnavailableError, match="no NATS server answers"):
+        await EventBus.connect(f"nats://127.0.0.1:{free_port()}", "test", connect_timeout=2)
+
+
+async def test_a_failed_event_is_redelivered_before_the_ones_after_it(bus):
+    for n in range(4):
+        await bus.publish(check_event(n))
+    order, failed, stop = [], [], asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        if delivery.stream_sequence == 2 and not failed:
+            failed.append(2)
+            raise RuntimeError("transient")
+        order.append(delivery.stream_sequence)
+        if len(order) == 4:
+            stop.set()
+
+    await asyncio.wait_for(bus.consume("SANDBOX", "ordered", handler, stop=stop), 30)
+    assert order == [1, 2, 3, 4]

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
 
 import pytest
 from nightshift.v1 import sandbox_pb2
-
 from nightshift_sandbox.backends import make_backend
 from nightshift_sandbox.checker import CheckInput, run_check
-from nightshift_sandbox.config import SandboxConfig
 
 MODES = {"build": sandbox_pb2.MODE_BUILD, "test": sandbox_pb2.MODE_TEST, "clippy": sandbox_pb2.MODE_CLIPPY}
-
-
-@pytest.fixture(scope="session")
-def sysroot() -> str:
-    return subprocess.run(["rustc", "--print", "sysroot"], capture_output=True, text=True, check=True).stdout.strip()
-
-
-@pytest.fixture(scope="session")
-def sandbox_config(sysroot, tmp_path_factory) -> SandboxConfig:
-    return SandboxConfig(sysroot=sysroot, work_root=tmp_path_factory.mktemp("sandbox-work"))
 
 
 @pytest.fixture(params=["bwrap", pytest.param("docker", marks=pytest.mark.docker)])
@@ -40,7 +27,9 @@ def check(backend, sandbox_config):
 
     def _check(source: str, tests: str = "", mode: str = "test", edition: str = "2021", **limits):
         run_limits = replace(sandbox_config.run_limits, **limits)
-        request = CheckInput(source=source, tests=tests, edition=edition, mode=MODES[mode], run_limits=run_limits)
+        request = CheckInput(
+            source=source, tests=tests, edition=edition, mode=MODES[mode], run_limits=run_limits
+        )
         return run_check(backend, sandbox_config.work_root, 0, request, sandbox_config.compile_limits)
 
     return _check

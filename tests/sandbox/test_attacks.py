@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 from nightshift.v1 import sandbox_pb2 as S
-
 from nightshift_sandbox.backends.base import SANDBOX_BASE_UID
 
 MIB = 1024 * 1024
@@ -19,13 +18,17 @@ MIB = 1024 * 1024
 def as_test(body: str, prelude: str = "") -> tuple[str, str]:
     """A program whose single test runs `body`."""
     source = prelude + "\npub fn marker() {}\n"
-    tests = "#[cfg(test)]\nmod tests {\n    #[allow(unused_imports)]\n    use super::*;\n\n    #[test]\n    fn attack() {\n" + body + "\n    }\n}\n"
+    tests = (
+        "#[cfg(test)]\nmod tests {\n    #[allow(unused_imports)]\n    use super::*;\n\n"
+        "    #[test]\n    fn attack() {\n" + body + "\n    }\n}\n"
+    )
     return source, tests
 
 
 def everything(verdict) -> str:
     return "\n".join(
-        [verdict.stdout, verdict.stderr, verdict.detail] + [d.rendered + d.message for d in verdict.diagnostics]
+        [verdict.stdout, verdict.stderr, verdict.detail]
+        + [d.rendered + d.message for d in verdict.diagnostics]
     )
 
 
@@ -69,7 +72,11 @@ def test_fork_bomb_is_contained(check):
 
 
 def test_allocation_bomb_hits_the_memory_limit(check):
-    body = "        let mut hoard = Vec::new();\n        loop {\n            hoard.push(vec![1u8; 1 << 20]);\n        }"
+    body = """
+        let mut hoard = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 1 << 20]);
+        }"""
     verdict = check(*as_test(body), memory_bytes=256 * MIB, wall_seconds=30)
     assert verdict.status == S.MEMORY_LIMIT
 
@@ -90,7 +97,9 @@ def test_network_is_unreachable(check):
 def test_host_file_unreadable_at_compile_time(check, secret_file):
     path, token = secret_file
     for target in (str(path), "/etc/passwd"):
-        source = f'const STOLEN: &str = include_str!("{target}");\nfn main() {{ println!("{{}}", STOLEN); }}\n'
+        source = (
+            f'const STOLEN: &str = include_str!("{target}");\nfn main() {{ println!("{{}}", STOLEN); }}\n'
+        )
         verdict = check(source, mode="build")
         assert verdict.status == S.COMPILE_ERROR
         text = everything(verdict)
@@ -114,9 +123,12 @@ def test_writes_outside_the_work_dir_fail(check, tmp_path):
     host_dir = tmp_path / "outside"
     host_dir.mkdir(mode=0o777)
     targets = ["/usr/evil", "/opt/rust/evil", "/evil", "/etc/evil", str(host_dir / "evil")]
-    body = "\n".join(
-        f'        assert!(std::fs::write("{t}", b"x").is_err(), "wrote {t}");' for t in targets
-    ) + '\n        std::fs::write("inside.txt", b"ok").unwrap();\n        std::fs::write("/tmp/scratch", b"ok").unwrap();'
+    body = (
+        "\n".join(f'        assert!(std::fs::write("{t}", b"x").is_err(), "wrote {t}");' for t in targets)
+        + """
+        std::fs::write("inside.txt", b"ok").unwrap();
+        std::fs::write("/tmp/scratch", b"ok").unwrap();"""
+    )
     verdict = check(*as_test(body))
     assert verdict.status == S.OK, everything(verdict)
     assert not (host_dir / "evil").exists()
@@ -152,7 +164,10 @@ def test_host_environment_never_reaches_the_program(check, monkeypatch):
 
 
 def test_code_runs_unprivileged(check):
-    body = '        let status = std::fs::read_to_string("/proc/self/status").unwrap();\n        println!("{}", status);\n        assert!(!status.lines().any(|l| l.starts_with("Uid:") && l.contains("\\t0\\t")));'
+    body = r"""
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        println!("{}", status);
+        assert!(!status.lines().any(|l| l.starts_with("Uid:") && l.contains("\t0\t")));"""
     verdict = check(*as_test(body))
     assert verdict.status == S.OK, everything(verdict)
 

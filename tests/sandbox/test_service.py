@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 
 import grpc
@@ -10,8 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nightshift.bus import EventBus
+from nightshift.natsserver import free_port
 from nightshift.v1 import events_pb2, sandbox_pb2, sandbox_pb2_grpc
-
 from nightshift_sandbox.server import start
 
 S = sandbox_pb2
@@ -157,3 +161,38 @@ async def test_graceful_stop_lets_in_flight_checks_finish(nats_server, sandbox_c
         await service.stop(grace=30)
         reply = await call
     assert reply.verdict.status == S.OK
+
+
+async def test_sigterm_finishes_in_flight_checks_then_exits(nats_server, tmp_path):
+    """The real service process: SIGTERM lets a running check complete, then the process exits 0."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "NIGHTSHIFT_SANDBOX_ADDR": f"127.0.0.1:{port}",
+        "NIGHTSHIFT_NATS_URL": nats_server.url,
+        "NIGHTSHIFT_SANDBOX_WORK_DIR": str(tmp_path / "work"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nightshift_sandbox"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            request = S.CheckRequest(
+                source="pub fn f() {}\n",
+                tests="#[cfg(test)]\nmod tests {\n    #[test]\n    fn slow() {\n"
+                "        std::thread::sleep(std::time::Duration::from_secs(2));\n    }\n}\n",
+            )
+            call = asyncio.ensure_future(sandbox_pb2_grpc.SandboxStub(channel).Check(request))
+            await asyncio.sleep(0.7)
+            proc.send_signal(signal.SIGTERM)
+            reply = await call
+        assert reply.verdict.status == S.OK
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -85,13 +85,13 @@ def test_program_without_tests_compiles_in_test_mode(check):
 
 def test_edition_2024_is_honoured(check):
     # `gen` is a reserved keyword from edition 2024 on.
-    source = "fn main() { let gen = 1; println!(\"{gen}\"); }\n"
+    source = 'fn main() { let gen = 1; println!("{gen}"); }\n'
     assert check(source, edition="2021").status == S.OK
     assert check(source, edition="2024").status == S.COMPILE_ERROR
 
 
 def test_clippy_mode_fails_on_lints(check):
-    source = "fn main() {\n    let x = 5;\n    if x == x {\n        println!(\"same\");\n    }\n}\n"
+    source = 'fn main() {\n    let x = 5;\n    if x == x {\n        println!("same");\n    }\n}\n'
     assert check(source, mode="test").status == S.OK
     verdict = check(source, mode="clippy")
     assert verdict.status == S.LINT_FAILED
@@ -104,6 +104,6 @@ def test_clippy_mode_passes_clean_code(check):
 
 def test_panicking_program_outside_tests_is_reported(check):
     tests = "#[cfg(test)]\nmod tests {\n    #[test]\n    fn boom() {\n        super::explode();\n    }\n}\n"
-    verdict = check("pub fn explode() {\n    panic!(\"boom\");\n}\n", tests)
+    verdict = check('pub fn explode() {\n    panic!("boom");\n}\n', tests)
     assert verdict.status == S.TEST_FAILED
     assert "boom" in verdict.stdout

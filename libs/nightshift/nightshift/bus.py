@@ -55,15 +55,21 @@ class EventBus:
             # Disconnects are expected during broker restarts; the client reconnects by itself.
             log.debug("nats: %s", _exc)
 
-        nc = await nats.connect(
-            servers=[url],
-            name=name,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            connect_timeout=2,
-            error_cb=_quiet,
-        )
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=[url],
+                    name=name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    connect_timeout=2,
+                    error_cb=_quiet,
+                ),
+                timeout=connect_timeout,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise BusUnavailableError(f"no NATS server answers at {url} ({exc!r})") from exc
         bus = cls(nc)
         deadline = asyncio.get_running_loop().time() + connect_timeout
         while True:
@@ -146,7 +152,7 @@ class EventBus:
         The consumer is (re)created to start at `start_sequence`: the caller stores the last
         sequence it committed together with its own writes, so its store, not the broker, is
         the truth about its position. Each message is acked only after `handler` returned;
-        a handler that raises gets the message again later.
+        a handler that raises gets the message again later, before any message after it.
         """
         stop = stop or asyncio.Event()
         subject = subject or events.STREAMS[stream][0]
@@ -160,18 +166,24 @@ class EventBus:
                     msgs = await sub.fetch(batch, timeout=1.0)
                 except nats.errors.TimeoutError:
                     continue
-                except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+                except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                     log.info("consumer %s waiting for the broker: %r", durable, exc)
                     await asyncio.sleep(0.25)
                     continue
-                for msg in msgs:
-                    await self._deliver(durable, msg, handler)
+                for i, msg in enumerate(msgs):
+                    if not await self._deliver(durable, msg, handler):
+                        # Keep stream order: hand the rest of the batch back for redelivery too.
+                        for later in msgs[i + 1 :]:
+                            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                                await later.nak(delay=1.0)
+                        break
         finally:
             if sub is not None and not self._nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
-    async def _deliver(self, durable: str, msg, handler: Handler) -> None:
+    async def _deliver(self, durable: str, msg, handler: Handler) -> bool:
+        """Hand one message to the handler; False when the handler failed (the message is nak'ed)."""
         try:
             envelope = events_pb2.EventEnvelope()
             envelope.ParseFromString(msg.data)
@@ -184,18 +196,19 @@ class EventBus:
         except Exception:  # a poison message must not stop the consumer
             log.exception("consumer %s: undecodable message on %s, skipping", durable, msg.subject)
             await msg.term()
-            return
+            return True
         try:
             await handler(delivery)
         except Exception:
             log.exception("consumer %s: handler failed on %s", durable, envelope.event_id)
             await msg.nak(delay=1.0)
-            return
+            return False
         try:
             await msg.ack()
         except (nats.errors.Error, nats.js.errors.Error):
             # The handler already committed; a redelivery is skipped by the idempotent store.
             log.info("consumer %s: ack of %s lost, it will be redelivered", durable, envelope.event_id)
+        return True
 
     async def _reset_consumer(
         self, stream: str, durable: str, subject: str, start_sequence: int, ack_wait: float

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -154,3 +154,18 @@ def _first_non_utf8_string(descriptor, data: bytes) -> str | None:
     except IndexError:
         return None
     return None
+
+
+def run_service(name: str, main: Callable[[], Awaitable[None]]) -> int:
+    """Run a service's main coroutine; startup failures become one logged line and exit status 1."""
+    from nightshift.bus import BusUnavailableError
+
+    try:
+        asyncio.run(main())
+    except BusUnavailableError as exc:
+        log.error("%s cannot start: %s (is nats-server running? `nightshift up` starts one)", name, exc)
+        return 1
+    except OSError as exc:
+        log.error("%s cannot start: %s", name, exc)
+        return 1
+    return 0

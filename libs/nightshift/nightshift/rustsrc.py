@@ -15,7 +15,7 @@ class Span:
     end: int
 
 
-def _code_mask(src: str) -> list[bool]:
+def code_mask(src: str) -> list[bool]:
     """True for each character that is code (not inside a comment, string or char literal)."""
     mask = [True] * len(src)
     i, n = 0, len(src)
@@ -91,7 +91,7 @@ def _item_end(src: str, mask: list[bool], start: int) -> int:
 
 def cfg_test_items(src: str) -> list[Span]:
     """Spans of every top-level-or-nested item annotated `#[cfg(test)]`, attribute included."""
-    mask = _code_mask(src)
+    mask = code_mask(src)
     spans: list[Span] = []
     pos = 0
     while m := _CFG_TEST.search(src, pos):
@@ -113,11 +113,11 @@ def split_tests(src: str) -> tuple[str, str]:
         tests.append(src[span.start : span.end])
         last = span.end
     program.append(src[last:])
-    body = re.sub(r"\n{3,}", "\n\n", "".join(program)).rstrip() + "\n"
+    body = re.sub(r"\n{3,}", "\n\n", "".join(program)).strip("\n").rstrip() + "\n"
     return body, "\n\n".join(tests).strip() + ("\n" if tests else "")
 
 
 def has_main(src: str) -> bool:
     """Whether the program defines `fn main` outside comments and strings."""
-    mask = _code_mask(src)
+    mask = code_mask(src)
     return any(mask[m.start()] for m in _FN_MAIN.finditer(src))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from nightshift.config import ConfigError
-from nightshift.grpcserver import serve_until_signal
+from nightshift.grpcserver import run_service, serve_until_signal
 from nightshift.log import configure_logging
 
 from nightshift_sandbox.config import SandboxConfig
@@ -41,15 +40,18 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         service = await start(config)
-        log.info("sandbox listening on %s (backend %s)", f"{config.addr.rsplit(':', 1)[0]}:{service.port}", config.backend)
+        log.info(
+            "sandbox listening on %s (backend %s)",
+            f"{config.addr.rsplit(':', 1)[0]}:{service.port}",
+            config.backend,
+        )
         await serve_until_signal(service.server, on_stop=lambda: _close(service))
 
     async def _close(service) -> None:
         await service.servicer.close()
         await service.bus.close()
 
-    asyncio.run(run())
-    return 0
+    return run_service("sandbox", run)
 
 
 if __name__ == "__main__":

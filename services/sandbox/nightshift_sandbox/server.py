@@ -98,7 +98,9 @@ class SandboxServicer:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"backend {backend.name}: {unavailable}")
         try:
             verdict = await self.pool.run(
-                lambda slot: run_check(backend, self.config.work_root, slot, check, self.config.compile_limits)
+                lambda slot: run_check(
+                    backend, self.config.work_root, slot, check, self.config.compile_limits
+                )
             )
         except PoolFullError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"sandbox busy: {exc}")
@@ -115,7 +117,12 @@ class SandboxServicer:
             task_id=request.task_id,
         )
         await self._publish(event, request)
-        log.info("check %s: %s in %.2fs", verdict.check_id, S.CheckStatus.Name(verdict.status), verdict.total_seconds)
+        log.info(
+            "check %s: %s in %.2fs",
+            verdict.check_id,
+            S.CheckStatus.Name(verdict.status),
+            verdict.total_seconds,
+        )
         return S.CheckResponse(verdict=verdict)
 
     async def _publish(self, event: events_pb2.CheckCompleted, request: sandbox_pb2.CheckRequest) -> None:

@@ -90,9 +90,7 @@ class BwrapSession:
             args += ["--unshare-user", "--uid", str(self.uid), "--gid", str(self.uid)]
         return [*args, "--", *command]
 
-    def run(
-        self, argv: list[str], limits: ProcessLimits, env: dict[str, str] | None = None
-    ) -> ProcessResult:
+    def run(self, argv: list[str], limits: ProcessLimits, env: dict[str, str] | None = None) -> ProcessResult:
         full_env = {"PATH": SANDBOX_PATH, "HOME": SANDBOX_WORKDIR, "TMPDIR": "/tmp", **(env or {})}
         prlimit = [self.backend.prlimit, *rlimit_argv(limits), "--"]
         result = run_capped([*prlimit, *self.argv(argv, full_env)], limits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -69,10 +70,8 @@ def run_capped(argv: list[str], limits: ProcessLimits, *, env: dict[str, str] | 
 
 def _kill(proc: subprocess.Popen) -> None:
     """Kill the direct child; bwrap's --die-with-parent then takes the sandbox's PID namespace down."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _drain(sel: selectors.BaseSelector, until: float) -> None:

@@ -1,0 +1,87 @@
+"""The newcomer's path through the real stack: `nightshift up`, `check` a broken file, `query` the verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from nightshift.natsserver import free_port
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+NIGHTSHIFT = [sys.executable, "-m", "nightshift_cli"]
+
+
+@pytest.fixture
+def stack(tmp_path):
+    env = {
+        **os.environ,
+        "NIGHTSHIFT_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "NIGHTSHIFT_SANDBOX_ADDR": f"127.0.0.1:{free_port()}",
+        "NIGHTSHIFT_EVALUATOR_ADDR": f"127.0.0.1:{free_port()}",
+        "NIGHTSHIFT_AGENT_ADDR": f"127.0.0.1:{free_port()}",
+        "NIGHTSHIFT_TRAINER_ADDR": f"127.0.0.1:{free_port()}",
+    }
+    with open(tmp_path / "up.log", "w") as log:
+        up = subprocess.Popen(
+            [*NIGHTSHIFT, "up", "--data-dir", str(tmp_path / "data")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    deadline = time.monotonic() + 120
+    while "nightshift is up" not in (tmp_path / "up.log").read_text():
+        assert up.poll() is None, (tmp_path / "up.log").read_text()
+        assert time.monotonic() < deadline, "stack did not come up: " + (tmp_path / "up.log").read_text()
+        time.sleep(0.3)
+    yield env, up, tmp_path
+    if up.poll() is None:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=60)
+
+
+def run(env, *args, check=False):
+    return subprocess.run(
+        [*NIGHTSHIFT, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300, check=check
+    )
+
+
+def test_check_a_broken_file_and_query_its_verdict(stack):
+    env, up, tmp_path = stack
+    status = run(env, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    services = {s["service"]: s["health"] for s in json.loads(status.stdout)["services"]}
+    assert services["sandbox"] == "SERVING" and services["evaluator"] == "SERVING"
+
+    checked = run(env, "check", "examples/use_after_move.rs", "--json")
+    assert checked.returncode == 1, checked.stderr
+    verdict = json.loads(checked.stdout)
+    assert verdict["status"] == "COMPILE_ERROR"
+    assert "E0382" in [d["code"] for d in verdict["diagnostics"]]
+
+    human = run(env, "check", "examples/use_after_move.rs")
+    assert "E0382" in human.stdout and "COMPILE_ERROR" in human.stdout
+
+    sql = "select status, count(*) as n from sandbox_checks group by 1"
+    deadline = time.monotonic() + 30
+    while True:
+        queried = run(env, "query", sql, "--format", "json", check=True)
+        rows = json.loads(queried.stdout)
+        if rows == [{"status": "COMPILE_ERROR", "n": 2}] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert rows == [{"status": "COMPILE_ERROR", "n": 2}]
+
+    refused = run(env, "query", "delete from sandbox_checks")
+    assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr
+
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(timeout=60) == 0
+    assert run(env, "status").returncode == 1  # everything stopped
