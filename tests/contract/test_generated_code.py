@@ -15,9 +15,18 @@ GENERATED = ROOT / "libs" / "nightshift" / "nightshift" / "v1"
 def test_generated_stubs_are_fresh(tmp_path):
     protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto").rglob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *protos],
-        cwd=ROOT, check=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iproto",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            *protos,
+        ],
+        cwd=ROOT,
+        check=True,
     )
     fresh = {p.name: p.read_text() for p in (tmp_path / "nightshift" / "v1").glob("*.py*")}
     committed = {p.name: p.read_text() for p in GENERATED.glob("*_pb2*.py*")}
@@ -43,6 +52,12 @@ def test_every_service_of_the_design_is_in_the_contract():
 
 def test_status_enum_is_spelled_as_the_design_says():
     assert [v.name for v in sandbox_pb2.CheckStatus.DESCRIPTOR.values][1:] == [
-        "OK", "COMPILE_ERROR", "TEST_FAILED", "LINT_FAILED", "TIMEOUT", "MEMORY_LIMIT", "OUTPUT_LIMIT",
+        "OK",
+        "COMPILE_ERROR",
+        "TEST_FAILED",
+        "LINT_FAILED",
+        "TIMEOUT",
+        "MEMORY_LIMIT",
+        "OUTPUT_LIMIT",
         "SANDBOX_ERROR",
     ]
