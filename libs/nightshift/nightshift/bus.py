@@ -21,6 +21,9 @@ log = logging.getLogger("nightshift.bus")
 
 # Window in which JetStream drops a second message with the same Nats-Msg-Id.
 DUPLICATE_WINDOW_SECONDS = 600.0
+# A failing handler is retried in place, backing off between these bounds.
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -171,19 +174,20 @@ class EventBus:
                     await asyncio.sleep(0.25)
                     continue
                 for i, msg in enumerate(msgs):
-                    if not await self._deliver(durable, msg, handler):
-                        # Keep stream order: hand the rest of the batch back for redelivery too.
+                    if not await self._deliver(durable, msg, handler, stop):
+                        # Stopping mid-batch: hand the rest back for redelivery, in order.
                         for later in msgs[i + 1 :]:
                             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-                                await later.nak(delay=1.0)
+                                await later.nak()
                         break
         finally:
             if sub is not None and not self._nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
-    async def _deliver(self, durable: str, msg, handler: Handler) -> bool:
-        """Hand one message to the handler; False when the handler failed (the message is nak'ed)."""
+    async def _deliver(self, durable: str, msg, handler: Handler, stop: asyncio.Event) -> bool:
+        """Hand one message to the handler, retrying it in place until it succeeds (so nothing after it
+        is handled first) or `stop` is set; False when stopped before it succeeded (it is nak'ed)."""
         try:
             envelope = events_pb2.EventEnvelope()
             envelope.ParseFromString(msg.data)
@@ -197,12 +201,22 @@ class EventBus:
             log.exception("consumer %s: undecodable message on %s, skipping", durable, msg.subject)
             await msg.term()
             return True
-        try:
-            await handler(delivery)
-        except Exception:
-            log.exception("consumer %s: handler failed on %s", durable, envelope.event_id)
-            await msg.nak(delay=1.0)
-            return False
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await handler(delivery)
+                break
+            except Exception:
+                log.exception("consumer %s: handler failed on %s, retrying", durable, envelope.event_id)
+            if stop.is_set():
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    await msg.nak()
+                return False
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await msg.in_progress()  # keep the broker from redelivering it meanwhile
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
         try:
             await msg.ack()
         except (nats.errors.Error, nats.js.errors.Error):
