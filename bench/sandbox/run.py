@@ -3,7 +3,8 @@
     .venv/bin/python bench/sandbox/run.py [--repeats N] [--out bench/results/sandbox.json]
 
 Baselines, measured in the same run on the same programs:
-  * bare rustc: `rustc --emit=metadata` (build) or `rustc --test` + run (test) on the host, no isolation;
+  * bare rustc: the toolchain's rustc with `--emit=metadata` (build) or `--test` + run (test) on the
+    host, no isolation;
   * cargo-new: what the published system did per attempt: `cargo new` + write main.rs + `cargo check`.
 """
 
@@ -43,12 +44,12 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bare_rustc(source: str, mode: str, workdir: Path) -> None:
+def bare_rustc(rustc: str, source: str, mode: str, workdir: Path) -> None:
     (workdir / "main.rs").write_text(source)
     if mode == "build":
         subprocess.run(
             [
-                "rustc",
+                rustc,
                 "--edition=2021",
                 "--error-format=json",
                 "--emit=metadata",
@@ -62,7 +63,7 @@ def bare_rustc(source: str, mode: str, workdir: Path) -> None:
         return
     built = subprocess.run(
         [
-            "rustc",
+            rustc,
             "--edition=2021",
             "--error-format=json",
             "-C",
@@ -103,6 +104,8 @@ def measure(config: SandboxConfig, repeats: int, console: Console) -> dict:
             console.print(f"[yellow]skipping {name}: {reason}[/]")
         else:
             backends[name] = backend
+    # The toolchain's own rustc, as the sandbox runs it (not the rustup proxy on PATH).
+    rustc = str(Path(config.sysroot) / "bin" / "rustc")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for mode in ("build", "test"):
@@ -111,7 +114,8 @@ def measure(config: SandboxConfig, repeats: int, console: Console) -> dict:
                 samples["cargo-new"] = []
             for _ in range(repeats):
                 for source in PROGRAMS.values():
-                    samples["bare rustc"].append(timed(lambda s=source, m=mode: bare_rustc(s, m, work)))
+                    bare = timed(lambda s=source, m=mode: bare_rustc(rustc, s, m, work))
+                    samples["bare rustc"].append(bare)
                     program, tests = split_tests(source)
                     check = CheckInput(program, tests, "2021", MODES[mode], config.run_limits)
                     for name, backend in backends.items():

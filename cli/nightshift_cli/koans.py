@@ -175,6 +175,13 @@ def _load(args) -> Corpus:
         raise CliError(str(exc)) from None
 
 
+def _get(corpus: Corpus, koan_id: str) -> Koan:
+    try:
+        return corpus.get(koan_id)
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+
+
 def _select(corpus: Corpus, args) -> list[Koan]:
     try:
         koans = corpus.koans(args.set, family=getattr(args, "family", None))
@@ -208,10 +215,7 @@ def cmd_generate(args) -> int:
     from nightshift.variants import koan_to_toml, propose_variants
 
     corpus = _load(args)
-    try:
-        koan = corpus.get(args.source_id)
-    except KeyError as exc:
-        raise CliError(str(exc.args[0])) from None
+    koan = _get(corpus, args.source_id)
     if koan.split not in ("train", "frozen", "heldout") or not koan.fix:
         raise CliError(
             f"{koan.id} is from pack {koan.split!r}: variants need a corpus koan with a reference fix"
@@ -297,11 +301,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    corpus = _load(args)
-    try:
-        koan = corpus.get(args.koan_id)
-    except KeyError as exc:
-        raise CliError(str(exc.args[0])) from None
+    koan = _get(_load(args), args.koan_id)
     console = Console()
     expected = ", ".join(koan.expected_codes) or "failing tests: " + ", ".join(koan.expected_failing_tests)
     console.print(
