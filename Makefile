@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYPROJECTS := libs/nightshift/pyproject.toml services/sandbox/pyproject.toml \
-              services/evaluator/pyproject.toml cli/pyproject.toml requirements-dev.txt
+              services/evaluator/pyproject.toml services/agent/pyproject.toml cli/pyproject.toml \
+              requirements-dev.txt
 SANDBOX_IMAGE ?= nightshift/sandbox-base:bookworm
 MODEL ?= qwen2.5-coder-0.5b-instruct-q4_k_m
 
@@ -17,11 +18,13 @@ setup: system-deps $(STAMP)
 system-deps:
 	@bash deploy/scripts/install-system-deps.sh
 
+# llama-cpp-python (the agent's) builds llama.cpp from source the first time (~5 min on 2 cores);
+# pip caches the wheel, so later setups take seconds.
 $(STAMP): $(PYPROJECTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt \
-	    -e libs/nightshift -e services/sandbox -e services/evaluator -e cli
+	    -e libs/nightshift -e services/sandbox -e services/evaluator -e services/agent -e cli
 	touch $(STAMP)
 
 # Regenerate the Python stubs from proto/ (committed; tests/contract fails when they are stale).

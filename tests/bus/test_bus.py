@@ -157,3 +157,12 @@ async def test_a_failed_event_is_redelivered_before_the_ones_after_it(bus):
 
     await asyncio.wait_for(bus.consume("SANDBOX", "ordered", handler, stop=stop), 30)
     assert order == [1, 2, 3, 4]
+
+
+async def test_read_all_returns_the_stream_so_far_in_order(bus):
+    assert await bus.read_all("SANDBOX") == []
+    published = [await bus.publish(check_event(n)) for n in range(5)]
+    got = await bus.read_all("SANDBOX")
+    assert [d.envelope.event_id for d in got] == [e.event_id for e in published]
+    assert [d.stream_sequence for d in got] == [1, 2, 3, 4, 5]
+    assert await bus.read_all("SANDBOX", subject="sandbox.nothing.here") == []

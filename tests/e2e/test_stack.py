@@ -58,7 +58,7 @@ def test_check_a_broken_file_and_query_its_verdict(stack):
     status = run(env, "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     services = {s["service"]: s["health"] for s in json.loads(status.stdout)["services"]}
-    assert services["sandbox"] == "SERVING" and services["evaluator"] == "SERVING"
+    assert services["sandbox"] == services["evaluator"] == services["agent"] == "SERVING"
 
     checked = run(env, "check", "examples/use_after_move.rs", "--json")
     assert checked.returncode == 1, checked.stderr
@@ -81,6 +81,15 @@ def test_check_a_broken_file_and_query_its_verdict(stack):
 
     refused = run(env, "query", "delete from sandbox_checks")
     assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr
+
+    # The agent works on any file: one greedy attempt, reported as JSON, the file left alone.
+    before = (ROOT / "examples" / "use_after_move.rs").read_text()
+    fixed = run(env, "fix", "examples/use_after_move.rs", "--max-attempts", "1", "--json")
+    assert fixed.returncode in (0, 1), fixed.stderr
+    report = json.loads(fixed.stdout)
+    assert report["attempts_used"] == 1 and isinstance(report["passed"], bool)
+    assert report["attempts"][0]["verdict"]["status"] in ("OK", "COMPILE_ERROR", "TEST_FAILED")
+    assert (ROOT / "examples" / "use_after_move.rs").read_text() == before
 
     up.send_signal(signal.SIGTERM)
     assert up.wait(timeout=60) == 0

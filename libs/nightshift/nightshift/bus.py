@@ -243,6 +243,39 @@ class EventBus:
             config.deliver_policy = api.DeliverPolicy.ALL
         await self._js.add_consumer(stream, config)
 
+    async def read_all(self, stream: str, subject: str | None = None) -> list[Delivery]:
+        """Every event of a stream (optionally one subject) up to its current end, in order."""
+        last = await self.stream_last_sequence(stream)
+        if last == 0:
+            return []
+        subject = subject or events.STREAMS[stream][0]
+        config = api.ConsumerConfig(
+            filter_subject=subject,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=60.0,
+        )
+        sub = await self._js.pull_subscribe(subject, stream=stream, config=config)
+        out: list[Delivery] = []
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(256, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    break  # nothing more matches the filter
+                for msg in msgs:
+                    envelope = events_pb2.EventEnvelope()
+                    envelope.ParseFromString(msg.data)
+                    out.append(
+                        Delivery(envelope, events.unwrap(envelope), msg.subject, msg.metadata.sequence.stream)
+                    )
+                if out and out[-1].stream_sequence >= last or msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        return out
+
     async def stream_last_sequence(self, stream: str) -> int:
         info = await self._js.stream_info(stream)
         return info.state.last_seq

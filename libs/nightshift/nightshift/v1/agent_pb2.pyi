@@ -162,3 +162,69 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class Episode(_message.Message):
+    __slots__ = ("task_id", "koan_id", "passed", "attempts_used", "error_codes", "first_error_code", "last_error_code", "repeated_error", "final_code", "adapter_id", "model", "run_id", "attempts")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_USED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FINAL_CODE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    koan_id: str
+    passed: bool
+    attempts_used: int
+    error_codes: _containers.RepeatedScalarFieldContainer[str]
+    first_error_code: str
+    last_error_code: str
+    repeated_error: bool
+    final_code: str
+    adapter_id: str
+    model: str
+    run_id: str
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    def __init__(self, task_id: _Optional[str] = ..., koan_id: _Optional[str] = ..., passed: _Optional[bool] = ..., attempts_used: _Optional[int] = ..., error_codes: _Optional[_Iterable[str]] = ..., first_error_code: _Optional[str] = ..., last_error_code: _Optional[str] = ..., repeated_error: _Optional[bool] = ..., final_code: _Optional[str] = ..., adapter_id: _Optional[str] = ..., model: _Optional[str] = ..., run_id: _Optional[str] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+
+class GetEpisodeRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class GetEpisodeResponse(_message.Message):
+    __slots__ = ("episode",)
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
+    episode: Episode
+    def __init__(self, episode: _Optional[_Union[Episode, _Mapping]] = ...) -> None: ...
+
+class ServedAdapter(_message.Message):
+    __slots__ = ("adapter_id", "path", "loaded", "champion")
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    adapter_id: str
+    path: str
+    loaded: bool
+    champion: bool
+    def __init__(self, adapter_id: _Optional[str] = ..., path: _Optional[str] = ..., loaded: _Optional[bool] = ..., champion: _Optional[bool] = ...) -> None: ...
+
+class ListServedAdaptersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListServedAdaptersResponse(_message.Message):
+    __slots__ = ("adapters", "champion_adapter_id")
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedCompositeFieldContainer[ServedAdapter]
+    champion_adapter_id: str
+    def __init__(self, adapters: _Optional[_Iterable[_Union[ServedAdapter, _Mapping]]] = ..., champion_adapter_id: _Optional[str] = ...) -> None: ...

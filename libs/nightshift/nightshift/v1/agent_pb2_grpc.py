@@ -45,6 +45,11 @@ class AgentStub:
                 request_serializer=nightshift_dot_v1_dot_agent__pb2.GetTaskRequest.SerializeToString,
                 response_deserializer=nightshift_dot_v1_dot_agent__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.GetEpisode = channel.unary_unary(
+                '/nightshift.v1.Agent/GetEpisode',
+                request_serializer=nightshift_dot_v1_dot_agent__pb2.GetEpisodeRequest.SerializeToString,
+                response_deserializer=nightshift_dot_v1_dot_agent__pb2.GetEpisodeResponse.FromString,
+                _registered_method=True)
         self.WatchTask = channel.unary_stream(
                 '/nightshift.v1.Agent/WatchTask',
                 request_serializer=nightshift_dot_v1_dot_agent__pb2.WatchTaskRequest.SerializeToString,
@@ -59,6 +64,11 @@ class AgentStub:
                 '/nightshift.v1.Agent/ListModels',
                 request_serializer=nightshift_dot_v1_dot_agent__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=nightshift_dot_v1_dot_agent__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/nightshift.v1.Agent/ListAdapters',
+                request_serializer=nightshift_dot_v1_dot_agent__pb2.ListServedAdaptersRequest.SerializeToString,
+                response_deserializer=nightshift_dot_v1_dot_agent__pb2.ListServedAdaptersResponse.FromString,
                 _registered_method=True)
 
 
@@ -75,6 +85,13 @@ class AgentServicer:
 
     def GetTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEpisode(self, request, context):
+        """The episode of a finished task (FAILED_PRECONDITION while it is still running).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -98,6 +115,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAdapters(self, request, context):
+        """Adapters the agent can serve (from its adapter directory), which are loaded, and the champion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +134,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetTask,
                     request_deserializer=nightshift_dot_v1_dot_agent__pb2.GetTaskRequest.FromString,
                     response_serializer=nightshift_dot_v1_dot_agent__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'GetEpisode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEpisode,
+                    request_deserializer=nightshift_dot_v1_dot_agent__pb2.GetEpisodeRequest.FromString,
+                    response_serializer=nightshift_dot_v1_dot_agent__pb2.GetEpisodeResponse.SerializeToString,
             ),
             'WatchTask': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchTask,
@@ -125,6 +154,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=nightshift_dot_v1_dot_agent__pb2.ListModelsRequest.FromString,
                     response_serializer=nightshift_dot_v1_dot_agent__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=nightshift_dot_v1_dot_agent__pb2.ListServedAdaptersRequest.FromString,
+                    response_serializer=nightshift_dot_v1_dot_agent__pb2.ListServedAdaptersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +216,33 @@ class Agent:
             '/nightshift.v1.Agent/GetTask',
             nightshift_dot_v1_dot_agent__pb2.GetTaskRequest.SerializeToString,
             nightshift_dot_v1_dot_agent__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEpisode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nightshift.v1.Agent/GetEpisode',
+            nightshift_dot_v1_dot_agent__pb2.GetEpisodeRequest.SerializeToString,
+            nightshift_dot_v1_dot_agent__pb2.GetEpisodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -263,6 +324,33 @@ class Agent:
             '/nightshift.v1.Agent/ListModels',
             nightshift_dot_v1_dot_agent__pb2.ListModelsRequest.SerializeToString,
             nightshift_dot_v1_dot_agent__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nightshift.v1.Agent/ListAdapters',
+            nightshift_dot_v1_dot_agent__pb2.ListServedAdaptersRequest.SerializeToString,
+            nightshift_dot_v1_dot_agent__pb2.ListServedAdaptersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,7 @@ from nightshift.v1 import trainer_pb2 as nightshift_dot_v1_dot_trainer__pb2
 from nightshift.v1 import evaluator_pb2 as nightshift_dot_v1_dot_evaluator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anightshift/v1/events.proto\x12\rnightshift.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bnightshift/v1/sandbox.proto\x1a\x19nightshift/v1/agent.proto\x1a\x1bnightshift/v1/trainer.proto\x1a\x1dnightshift/v1/evaluator.proto\"\xb7\x01\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x04 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"\xe6\x01\n\x0e\x43heckCompleted\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.nightshift.v1.CheckMode\x12\x0f\n\x07\x65\x64ition\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x15\n\rsource_sha256\x18\x05 \x01(\t\x12\x14\n\x0csource_bytes\x18\x06 \x01(\r\x12\x11\n\thas_tests\x18\x07 \x01(\x08\x12\'\n\x07verdict\x18\x08 \x01(\x0b\x32\x16.nightshift.v1.Verdict\x12\x0f\n\x07task_id\x18\t \x01(\t\"u\n\rTaskSubmitted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .nightshift.v1.SubmitTaskRequest\x12\x10\n\x08koan_set\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\"\x8f\x01\n\x0f\x41ttemptRecorded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\'\n\x07\x61ttempt\x18\x03 \x01(\x0b\x32\x16.nightshift.v1.Attempt\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"\xfa\x01\n\x10\x45pisodeCompleted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x13\n\x0b\x65rror_codes\x18\x05 \x03(\t\x12\x12\n\nadapter_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0e\n\x06run_id\x18\x08 \x01(\t\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.nightshift.v1.TaskState\x12\x12\n\nfinal_code\x18\n \x01(\t\x12\x10\n\x08koan_set\x18\x0b \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x0c \x01(\t\"\xcb\x03\n\x14TrainingJobRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x03mix\x18\x02 \x01(\x0b\x32\x16.nightshift.v1.MixSpec\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12L\n\rpreset_fields\x18\x04 \x03(\x0b\x32\x35.nightshift.v1.TrainingJobRequested.PresetFieldsEntry\x12\x13\n\x0b\x65xample_ids\x18\x05 \x03(\t\x12\x11\n\tdata_hash\x18\x06 \x01(\t\x12\x16\n\x0e\x65xcluded_count\x18\x07 \x01(\r\x12U\n\x12\x65xcluded_by_reason\x18\x08 \x03(\x0b\x32\x39.nightshift.v1.TrainingJobRequested.ExcludedByReasonEntry\x12\r\n\x05model\x18\t \x01(\t\x12\x0c\n\x04seed\x18\n \x01(\x04\x1a\x33\n\x11PresetFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15\x45xcludedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"X\n\x12TrainingJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x11\n\tfrom_step\x18\x04 \x01(\r\"U\n\x15TrainingJobProgressed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12,\n\x08progress\x18\x02 \x01(\x0b\x32\x1a.nightshift.v1.JobProgress\"{\n\x14TrainingJobCompleted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\x12\x14\n\x0ctrain_tokens\x18\x04 \x01(\x04\x12\x12\n\nfinal_loss\x18\x05 \x01(\x01\"2\n\x11TrainingJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"6\n\x14TrainingJobCancelled\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x0e\x41\x64\x61pterTrained\x12\'\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x16.nightshift.v1.Adapter\"|\n\x0f\x41\x64\x61pterPromoted\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x1c\n\x14previous_champion_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10gate_decision_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"O\n\x0f\x41\x64\x61pterRejected\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x10gate_decision_id\x18\x03 \x01(\t\"b\n\x11\x41\x64\x61pterRolledBack\x12\x17\n\x0f\x66rom_adapter_id\x18\x01 \x01(\t\x12\x15\n\rto_adapter_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"m\n\x11\x45valuationStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x36\n\x07request\x18\x02 \x01(\x0b\x32%.nightshift.v1.StartEvaluationRequest\x12\x10\n\x08koan_ids\x18\x03 \x03(\t\"\xb6\x01\n\rKoanEvaluated\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0e\n\x06repeat\x18\x04 \x01(\r\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x1c\n\x14passed_first_attempt\x18\x07 \x01(\x08\x12\x13\n\x0b\x65rror_codes\x18\x08 \x03(\t\x12\x0f\n\x07task_id\x18\t \x01(\t\"H\n\x13\x45valuationCompleted\x12\x31\n\x07summary\x18\x01 \x01(\x0b\x32 .nightshift.v1.EvaluationSummary\"<\n\x0bGateDecided\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.nightshift.v1.GateDecision\"C\n\x11\x43yclePhaseStarted\x12\x10\n\x08\x63ycle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ycle\x18\x02 \x01(\r\x12\r\n\x05phase\x18\x03 \x01(\t\"z\n\x13\x43yclePhaseCompleted\x12\x10\n\x08\x63ycle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ycle\x18\x02 \x01(\r\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0f\n\x07run_ids\x18\x04 \x03(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x12\n\nadapter_id\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anightshift/v1/events.proto\x12\rnightshift.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bnightshift/v1/sandbox.proto\x1a\x19nightshift/v1/agent.proto\x1a\x1bnightshift/v1/trainer.proto\x1a\x1dnightshift/v1/evaluator.proto\"\xb7\x01\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x04 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"\xe6\x01\n\x0e\x43heckCompleted\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.nightshift.v1.CheckMode\x12\x0f\n\x07\x65\x64ition\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x15\n\rsource_sha256\x18\x05 \x01(\t\x12\x14\n\x0csource_bytes\x18\x06 \x01(\r\x12\x11\n\thas_tests\x18\x07 \x01(\x08\x12\'\n\x07verdict\x18\x08 \x01(\x0b\x32\x16.nightshift.v1.Verdict\x12\x0f\n\x07task_id\x18\t \x01(\t\"u\n\rTaskSubmitted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .nightshift.v1.SubmitTaskRequest\x12\x10\n\x08koan_set\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\"\x8f\x01\n\x0f\x41ttemptRecorded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\'\n\x07\x61ttempt\x18\x03 \x01(\x0b\x32\x16.nightshift.v1.Attempt\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"\xdd\x02\n\x10\x45pisodeCompleted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x13\n\x0b\x65rror_codes\x18\x05 \x03(\t\x12\x12\n\nadapter_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0e\n\x06run_id\x18\x08 \x01(\t\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.nightshift.v1.TaskState\x12\x12\n\nfinal_code\x18\n \x01(\t\x12\x10\n\x08koan_set\x18\x0b \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x0c \x01(\t\x12\x18\n\x10\x66irst_error_code\x18\r \x01(\t\x12\x17\n\x0flast_error_code\x18\x0e \x01(\t\x12\x16\n\x0erepeated_error\x18\x0f \x01(\x08\x12\x16\n\x0e\x63orrelation_id\x18\x10 \x01(\t\"\xcb\x03\n\x14TrainingJobRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x03mix\x18\x02 \x01(\x0b\x32\x16.nightshift.v1.MixSpec\x12\x0e\n\x06preset\x18\x03 \x01(\t\x12L\n\rpreset_fields\x18\x04 \x03(\x0b\x32\x35.nightshift.v1.TrainingJobRequested.PresetFieldsEntry\x12\x13\n\x0b\x65xample_ids\x18\x05 \x03(\t\x12\x11\n\tdata_hash\x18\x06 \x01(\t\x12\x16\n\x0e\x65xcluded_count\x18\x07 \x01(\r\x12U\n\x12\x65xcluded_by_reason\x18\x08 \x03(\x0b\x32\x39.nightshift.v1.TrainingJobRequested.ExcludedByReasonEntry\x12\r\n\x05model\x18\t \x01(\t\x12\x0c\n\x04seed\x18\n \x01(\x04\x1a\x33\n\x11PresetFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15\x45xcludedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"X\n\x12TrainingJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\x12\x11\n\tfrom_step\x18\x04 \x01(\r\"U\n\x15TrainingJobProgressed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12,\n\x08progress\x18\x02 \x01(\x0b\x32\x1a.nightshift.v1.JobProgress\"{\n\x14TrainingJobCompleted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\x12\x14\n\x0ctrain_tokens\x18\x04 \x01(\x04\x12\x12\n\nfinal_loss\x18\x05 \x01(\x01\"2\n\x11TrainingJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"6\n\x14TrainingJobCancelled\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x0e\x41\x64\x61pterTrained\x12\'\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x16.nightshift.v1.Adapter\"|\n\x0f\x41\x64\x61pterPromoted\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x1c\n\x14previous_champion_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10gate_decision_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"O\n\x0f\x41\x64\x61pterRejected\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x10gate_decision_id\x18\x03 \x01(\t\"b\n\x11\x41\x64\x61pterRolledBack\x12\x17\n\x0f\x66rom_adapter_id\x18\x01 \x01(\t\x12\x15\n\rto_adapter_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"m\n\x11\x45valuationStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x36\n\x07request\x18\x02 \x01(\x0b\x32%.nightshift.v1.StartEvaluationRequest\x12\x10\n\x08koan_ids\x18\x03 \x03(\t\"\xb6\x01\n\rKoanEvaluated\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0e\n\x06repeat\x18\x04 \x01(\r\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\x12\x1c\n\x14passed_first_attempt\x18\x07 \x01(\x08\x12\x13\n\x0b\x65rror_codes\x18\x08 \x03(\t\x12\x0f\n\x07task_id\x18\t \x01(\t\"H\n\x13\x45valuationCompleted\x12\x31\n\x07summary\x18\x01 \x01(\x0b\x32 .nightshift.v1.EvaluationSummary\"<\n\x0bGateDecided\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.nightshift.v1.GateDecision\"C\n\x11\x43yclePhaseStarted\x12\x10\n\x08\x63ycle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ycle\x18\x02 \x01(\r\x12\r\n\x05phase\x18\x03 \x01(\t\"z\n\x13\x43yclePhaseCompleted\x12\x10\n\x08\x63ycle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ycle\x18\x02 \x01(\r\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0f\n\x07run_ids\x18\x04 \x03(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x12\n\nadapter_id\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,41 +49,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTEMPTRECORDED']._serialized_start=733
   _globals['_ATTEMPTRECORDED']._serialized_end=876
   _globals['_EPISODECOMPLETED']._serialized_start=879
-  _globals['_EPISODECOMPLETED']._serialized_end=1129
-  _globals['_TRAININGJOBREQUESTED']._serialized_start=1132
-  _globals['_TRAININGJOBREQUESTED']._serialized_end=1591
-  _globals['_TRAININGJOBREQUESTED_PRESETFIELDSENTRY']._serialized_start=1483
-  _globals['_TRAININGJOBREQUESTED_PRESETFIELDSENTRY']._serialized_end=1534
-  _globals['_TRAININGJOBREQUESTED_EXCLUDEDBYREASONENTRY']._serialized_start=1536
-  _globals['_TRAININGJOBREQUESTED_EXCLUDEDBYREASONENTRY']._serialized_end=1591
-  _globals['_TRAININGJOBSTARTED']._serialized_start=1593
-  _globals['_TRAININGJOBSTARTED']._serialized_end=1681
-  _globals['_TRAININGJOBPROGRESSED']._serialized_start=1683
-  _globals['_TRAININGJOBPROGRESSED']._serialized_end=1768
-  _globals['_TRAININGJOBCOMPLETED']._serialized_start=1770
-  _globals['_TRAININGJOBCOMPLETED']._serialized_end=1893
-  _globals['_TRAININGJOBFAILED']._serialized_start=1895
-  _globals['_TRAININGJOBFAILED']._serialized_end=1945
-  _globals['_TRAININGJOBCANCELLED']._serialized_start=1947
-  _globals['_TRAININGJOBCANCELLED']._serialized_end=2001
-  _globals['_ADAPTERTRAINED']._serialized_start=2003
-  _globals['_ADAPTERTRAINED']._serialized_end=2060
-  _globals['_ADAPTERPROMOTED']._serialized_start=2062
-  _globals['_ADAPTERPROMOTED']._serialized_end=2186
-  _globals['_ADAPTERREJECTED']._serialized_start=2188
-  _globals['_ADAPTERREJECTED']._serialized_end=2267
-  _globals['_ADAPTERROLLEDBACK']._serialized_start=2269
-  _globals['_ADAPTERROLLEDBACK']._serialized_end=2367
-  _globals['_EVALUATIONSTARTED']._serialized_start=2369
-  _globals['_EVALUATIONSTARTED']._serialized_end=2478
-  _globals['_KOANEVALUATED']._serialized_start=2481
-  _globals['_KOANEVALUATED']._serialized_end=2663
-  _globals['_EVALUATIONCOMPLETED']._serialized_start=2665
-  _globals['_EVALUATIONCOMPLETED']._serialized_end=2737
-  _globals['_GATEDECIDED']._serialized_start=2739
-  _globals['_GATEDECIDED']._serialized_end=2799
-  _globals['_CYCLEPHASESTARTED']._serialized_start=2801
-  _globals['_CYCLEPHASESTARTED']._serialized_end=2868
-  _globals['_CYCLEPHASECOMPLETED']._serialized_start=2870
-  _globals['_CYCLEPHASECOMPLETED']._serialized_end=2992
+  _globals['_EPISODECOMPLETED']._serialized_end=1228
+  _globals['_TRAININGJOBREQUESTED']._serialized_start=1231
+  _globals['_TRAININGJOBREQUESTED']._serialized_end=1690
+  _globals['_TRAININGJOBREQUESTED_PRESETFIELDSENTRY']._serialized_start=1582
+  _globals['_TRAININGJOBREQUESTED_PRESETFIELDSENTRY']._serialized_end=1633
+  _globals['_TRAININGJOBREQUESTED_EXCLUDEDBYREASONENTRY']._serialized_start=1635
+  _globals['_TRAININGJOBREQUESTED_EXCLUDEDBYREASONENTRY']._serialized_end=1690
+  _globals['_TRAININGJOBSTARTED']._serialized_start=1692
+  _globals['_TRAININGJOBSTARTED']._serialized_end=1780
+  _globals['_TRAININGJOBPROGRESSED']._serialized_start=1782
+  _globals['_TRAININGJOBPROGRESSED']._serialized_end=1867
+  _globals['_TRAININGJOBCOMPLETED']._serialized_start=1869
+  _globals['_TRAININGJOBCOMPLETED']._serialized_end=1992
+  _globals['_TRAININGJOBFAILED']._serialized_start=1994
+  _globals['_TRAININGJOBFAILED']._serialized_end=2044
+  _globals['_TRAININGJOBCANCELLED']._serialized_start=2046
+  _globals['_TRAININGJOBCANCELLED']._serialized_end=2100
+  _globals['_ADAPTERTRAINED']._serialized_start=2102
+  _globals['_ADAPTERTRAINED']._serialized_end=2159
+  _globals['_ADAPTERPROMOTED']._serialized_start=2161
+  _globals['_ADAPTERPROMOTED']._serialized_end=2285
+  _globals['_ADAPTERREJECTED']._serialized_start=2287
+  _globals['_ADAPTERREJECTED']._serialized_end=2366
+  _globals['_ADAPTERROLLEDBACK']._serialized_start=2368
+  _globals['_ADAPTERROLLEDBACK']._serialized_end=2466
+  _globals['_EVALUATIONSTARTED']._serialized_start=2468
+  _globals['_EVALUATIONSTARTED']._serialized_end=2577
+  _globals['_KOANEVALUATED']._serialized_start=2580
+  _globals['_KOANEVALUATED']._serialized_end=2762
+  _globals['_EVALUATIONCOMPLETED']._serialized_start=2764
+  _globals['_EVALUATIONCOMPLETED']._serialized_end=2836
+  _globals['_GATEDECIDED']._serialized_start=2838
+  _globals['_GATEDECIDED']._serialized_end=2898
+  _globals['_CYCLEPHASESTARTED']._serialized_start=2900
+  _globals['_CYCLEPHASESTARTED']._serialized_end=2967
+  _globals['_CYCLEPHASECOMPLETED']._serialized_start=2969
+  _globals['_CYCLEPHASECOMPLETED']._serialized_end=3091
 # @@protoc_insertion_point(module_scope)

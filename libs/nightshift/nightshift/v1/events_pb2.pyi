@@ -82,7 +82,7 @@ class AttemptRecorded(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., koan_id: _Optional[str] = ..., attempt: _Optional[_Union[_agent_pb2.Attempt, _Mapping]] = ..., adapter_id: _Optional[str] = ..., model: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class EpisodeCompleted(_message.Message):
-    __slots__ = ("task_id", "koan_id", "passed", "steps", "error_codes", "adapter_id", "model", "run_id", "state", "final_code", "koan_set", "family")
+    __slots__ = ("task_id", "koan_id", "passed", "steps", "error_codes", "adapter_id", "model", "run_id", "state", "final_code", "koan_set", "family", "first_error_code", "last_error_code", "repeated_error", "correlation_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KOAN_ID_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,10 @@ class EpisodeCompleted(_message.Message):
     FINAL_CODE_FIELD_NUMBER: _ClassVar[int]
     KOAN_SET_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     koan_id: str
     passed: bool
@@ -107,7 +111,11 @@ class EpisodeCompleted(_message.Message):
     final_code: str
     koan_set: str
     family: str
-    def __init__(self, task_id: _Optional[str] = ..., koan_id: _Optional[str] = ..., passed: _Optional[bool] = ..., steps: _Optional[int] = ..., error_codes: _Optional[_Iterable[str]] = ..., adapter_id: _Optional[str] = ..., model: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_agent_pb2.TaskState, str]] = ..., final_code: _Optional[str] = ..., koan_set: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
+    first_error_code: str
+    last_error_code: str
+    repeated_error: bool
+    correlation_id: str
+    def __init__(self, task_id: _Optional[str] = ..., koan_id: _Optional[str] = ..., passed: _Optional[bool] = ..., steps: _Optional[int] = ..., error_codes: _Optional[_Iterable[str]] = ..., adapter_id: _Optional[str] = ..., model: _Optional[str] = ..., run_id: _Optional[str] = ..., state: _Optional[_Union[_agent_pb2.TaskState, str]] = ..., final_code: _Optional[str] = ..., koan_set: _Optional[str] = ..., family: _Optional[str] = ..., first_error_code: _Optional[str] = ..., last_error_code: _Optional[str] = ..., repeated_error: _Optional[bool] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class TrainingJobRequested(_message.Message):
     __slots__ = ("job_id", "mix", "preset", "preset_fields", "example_ids", "data_hash", "excluded_count", "excluded_by_reason", "model", "seed")
