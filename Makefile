@@ -19,11 +19,14 @@ system-deps:
 	@bash deploy/scripts/install-system-deps.sh
 
 # llama-cpp-python (the agent's) builds llama.cpp from source the first time (~5 min on 2 cores);
-# pip caches the wheel, so later setups take seconds.
+# pip caches the wheel, so later setups take seconds. A native build uses AMX where the CPU advertises
+# it, which segfaults on the first evaluation on these machines: build for AVX2 instead.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+                    -DGGML_BMI2=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 $(STAMP): $(PYPROJECTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt \
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -r requirements-dev.txt \
 	    -e libs/nightshift -e services/sandbox -e services/evaluator -e services/agent -e cli
 	touch $(STAMP)
 

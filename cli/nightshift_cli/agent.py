@@ -7,11 +7,10 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
-from nightshift.rustsrc import split_tests
 from nightshift.v1 import agent_pb2, agent_pb2_grpc, sandbox_pb2
 from rich.console import Console
 
-from nightshift_cli.rpc import CliError, channel, explain
+from nightshift_cli.rpc import CliError, channel, explain, read_rust_file
 
 S = sandbox_pb2
 
@@ -61,13 +60,7 @@ def _summary(task: agent_pb2.Task) -> dict:
 
 def cmd_fix(args) -> int:
     path = Path(args.file)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise CliError(f"{path}: not UTF-8 text") from None
-    program, tests = split_tests(text)
+    text, program, tests = read_rust_file(path)
     request = agent_pb2.SubmitTaskRequest(
         source=program if tests else text,
         tests=tests,

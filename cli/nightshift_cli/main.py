@@ -12,13 +12,12 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from nightshift.config import data_dir, nats_url, service_addr
-from nightshift.rustsrc import split_tests
 from nightshift.v1 import evaluator_pb2, evaluator_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
 from nightshift_cli import agent, koans, models
-from nightshift_cli.rpc import CliError, channel, explain, health
+from nightshift_cli.rpc import CliError, channel, explain, health, read_rust_file
 from nightshift_cli.stack import SERVICES, installed_services, run_stack
 
 MODES = {"build": sandbox_pb2.MODE_BUILD, "test": sandbox_pb2.MODE_TEST, "clippy": sandbox_pb2.MODE_CLIPPY}
@@ -52,13 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise CliError(f"{path}: not UTF-8 text") from None
-    program, tests = split_tests(text)
+    text, program, tests = read_rust_file(path)
     request = sandbox_pb2.CheckRequest(
         source=program if tests else text,
         tests=tests,

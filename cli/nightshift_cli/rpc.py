@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nightshift.config import service_addr
+from nightshift.rustsrc import split_tests
 
 
 class CliError(RuntimeError):
@@ -37,3 +40,15 @@ def explain(exc: grpc.RpcError, service: str) -> CliError:
             f"NIGHTSHIFT_{service.upper()}_ADDR)"
         )
     return CliError(f"{service}: {code.name}: {exc.details()}")
+
+
+def read_rust_file(path: Path) -> tuple[str, str, str]:
+    """(whole text, program without its #[cfg(test)] items, those items) of a UTF-8 Rust file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path}: not UTF-8 text") from None
+    program, tests = split_tests(text)
+    return text, program, tests

@@ -4,7 +4,8 @@ An adapter lives at `<root>/<adapter_id>/adapter.gguf`, written by the trainer's
 `blk.{L}.{target}.weight.lora_a` (numpy shape rank x in) and `.lora_b` (out x rank); GGUF stores dims in
 reverse (ggml `ne`), so llama.cpp sees lora_a as ne=(in, rank) and lora_b as ne=(rank, out), and checks
 them against the base weight's ne=(in, out). Every file is checked here before llama.cpp sees it, because
-llama.cpp only reports "failed to load" without saying why.
+llama-cpp-python 0.3.36 neither shows llama.cpp's reason for refusing an adapter (its log-level table files
+errors under debug) nor notices the refusal at all (see LlamaGenerator).
 """
 
 from __future__ import annotations

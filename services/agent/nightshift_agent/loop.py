@@ -19,6 +19,7 @@ from nightshift.v1 import agent_pb2, sandbox_pb2
 
 from nightshift_agent.extract import ExtractionError, extract_program
 from nightshift_agent.prompts import FixTask, build_prompt, completion_cap, error_codes
+from nightshift_agent.runtime import Generation
 
 S = sandbox_pb2
 DEFAULT_MAX_ATTEMPTS = 5
@@ -39,17 +40,6 @@ __all__ = [
     "first_error_code",
     "run_fix_loop",
 ]
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One completion from the model runtime."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    finish_reason: str  # "stop" or "length"
 
 
 class Generator(Protocol):
