@@ -8,25 +8,30 @@ from dataclasses import dataclass, field
 from nightshift.corpus import Koan
 from nightshift.v1 import agent_pb2, sandbox_pb2
 
-from nightshift_agent.loop import first_error_code
+from nightshift_agent.loop import EpisodeResult, first_error_code
 
 FINAL_STATES = (agent_pb2.TASK_PASSED, agent_pb2.TASK_FAILED, agent_pb2.TASK_CANCELLED)
 
 
 def episode_of(task: agent_pb2.Task) -> agent_pb2.Episode:
     """The episode summary of a task's attempts (pure)."""
-    codes = [first_error_code(a.verdict) for a in task.attempts if a.verdict.status != sandbox_pb2.OK]
-    passed = task.state == agent_pb2.TASK_PASSED
+    failed = [a for a in task.attempts if a.verdict.status != sandbox_pb2.OK]
+    result = EpisodeResult(
+        passed=task.state == agent_pb2.TASK_PASSED,
+        attempts=list(task.attempts),
+        error_codes=[first_error_code(a.verdict) for a in failed],
+        final_code=task.attempts[-1].code if task.attempts else "",
+    )
     return agent_pb2.Episode(
         task_id=task.task_id,
         koan_id=task.koan_id,
-        passed=passed,
-        attempts_used=len(task.attempts),
-        error_codes=codes,
-        first_error_code=codes[0] if codes else "",
-        last_error_code=codes[-1] if codes else "",
-        repeated_error=any(a == b for a, b in zip(codes, codes[1:], strict=False)),
-        final_code=task.attempts[-1].code if task.attempts else "",
+        passed=result.passed,
+        attempts_used=result.steps,
+        error_codes=result.error_codes,
+        first_error_code=result.first_error_code,
+        last_error_code=result.last_error_code,
+        repeated_error=result.repeated_error,
+        final_code=result.final_code,
         adapter_id=task.adapter_id,
         model=task.model,
         run_id=task.run_id,

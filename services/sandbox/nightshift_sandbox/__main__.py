@@ -45,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{config.addr.rsplit(':', 1)[0]}:{service.port}",
             config.backend,
         )
-        await serve_until_signal(service.server, on_stop=lambda: _close(service))
-
-    async def _close(service) -> None:
-        await service.servicer.close()
-        await service.bus.close()
+        await serve_until_signal(service.server, on_stop=service.close_backends)
 
     return run_service("sandbox", run)
 

@@ -174,6 +174,10 @@ class SandboxService:
 
     async def stop(self, grace: float = 30.0) -> None:
         await self.server.stop(grace)
+        await self.close_backends()
+
+    async def close_backends(self) -> None:
+        """What stays after the gRPC server stopped: background publishes, the pool, the bus."""
         await self.servicer.close()
         await self.bus.close()
 

@@ -19,8 +19,8 @@ def run_capped(argv: list[str], limits: ProcessLimits, *, env: dict[str, str] | 
     """Run argv; kill it on wall time or when stdout+stderr exceed the cap.
 
     The arguments keep subprocess on its posix_spawn path: a plain fork() from a worker thread
-    runs gRPC's fork handlers in the child, which crash it before it can exec. The commands
-    that reach here (bwrap, docker) keep their children in a tree that dies with them.
+    runs gRPC's fork handlers in the child, which crash it before it can exec. The command that
+    reaches here (bwrap) keeps its children in a PID namespace that dies with it.
     """
     start = time.monotonic()
     proc = subprocess.Popen(
