@@ -5,12 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYPROJECTS := libs/nightshift/pyproject.toml services/sandbox/pyproject.toml \
-              services/evaluator/pyproject.toml services/agent/pyproject.toml cli/pyproject.toml \
+              services/evaluator/pyproject.toml services/agent/pyproject.toml services/trainer/pyproject.toml \
+              cli/pyproject.toml \
               requirements-dev.txt
 SANDBOX_IMAGE ?= nightshift/sandbox-base:bookworm
 MODEL ?= qwen2.5-coder-0.5b-instruct-q4_k_m
 
-.PHONY: setup system-deps proto run test test-e2e test-slow lint fmt bench sandbox-image models clean
+.PHONY: setup system-deps proto run test test-e2e test-slow lint fmt bench bench-evaluator bench-trainer sandbox-image \
+        models clean
 
 setup: system-deps $(STAMP)
 
@@ -18,7 +20,8 @@ setup: system-deps $(STAMP)
 system-deps:
 	@bash deploy/scripts/install-system-deps.sh
 
-# llama-cpp-python (the agent's) builds llama.cpp from source the first time (~5 min on 2 cores);
+# torch (the trainer's, CPU here; ~2.7 GB of wheels with its CUDA libraries) downloads once and is cached.
+# llama-cpp-python (the agent's and the trainer's) builds llama.cpp from source the first time (~5 min on 2 cores);
 # pip caches the wheel, so later setups take seconds. A native build uses AMX where the CPU advertises
 # it, which segfaults on the first evaluation on these machines: build for AVX2 instead.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
@@ -27,7 +30,8 @@ $(STAMP): $(PYPROJECTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -r requirements-dev.txt \
-	    -e libs/nightshift -e services/sandbox -e services/evaluator -e services/agent -e cli
+	    -e libs/nightshift -e services/sandbox -e services/evaluator -e services/agent \
+	    -e services/trainer -e cli
 	touch $(STAMP)
 
 # Regenerate the Python stubs from proto/ (committed; tests/contract fails when they are stale).
@@ -65,6 +69,12 @@ fmt: setup
 
 bench: setup sandbox-image
 	$(PY) bench/sandbox/run.py
+
+bench-evaluator: setup
+	$(PY) bench/evaluator/run.py
+
+bench-trainer: setup models
+	$(PY) bench/trainer/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

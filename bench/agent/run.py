@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import grpc
+from nightshift.chat import messages_for
 from nightshift.corpus import Corpus
 from nightshift.models import DEFAULT_MODEL, ModelStore
 from nightshift.natsserver import NatsServer
 from nightshift.v1 import agent_pb2, agent_pb2_grpc, sandbox_pb2
 from nightshift_agent.config import AgentConfig
-from nightshift_agent.prompts import messages_for
 from nightshift_agent.server import start as start_agent
 from nightshift_sandbox.config import SandboxConfig
 from nightshift_sandbox.server import start as start_sandbox

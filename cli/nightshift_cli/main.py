@@ -16,7 +16,7 @@ from nightshift.v1 import evaluator_pb2, evaluator_pb2_grpc, sandbox_pb2, sandbo
 from rich.console import Console
 from rich.table import Table
 
-from nightshift_cli import agent, koans, models
+from nightshift_cli import agent, cycle, evaluation, export, koans, models, trainer
 from nightshift_cli.rpc import CliError, channel, explain, health, read_rust_file
 from nightshift_cli.stack import SERVICES, installed_services, run_stack
 
@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     koans.add_parser(sub)
     models.add_parser(sub)
     agent.add_parsers(sub)
+    trainer.add_parsers(sub)
+    evaluation.add_parsers(sub)
+    cycle.add_parsers(sub)
+    export.add_parsers(sub)
     return parser
 
 

@@ -136,6 +136,9 @@ def _print_ready(console: Console, url: str, children: list[Child], data_dir: Pa
     console.print("  nightshift status")
     console.print("  nightshift check examples/use_after_move.rs")
     console.print('  nightshift query "select status, count(*) from sandbox_checks group by 1"')
+    console.print("  nightshift fix examples/use_after_move.rs      # the agent fixes it, attempt by attempt")
+    console.print("  nightshift eval --set smoke --max-attempts 1   # an evaluation run, live")
+    console.print("  nightshift cycle --quick                       # day -> night -> dawn, about 10 minutes")
     console.print("\nCtrl-C stops everything.")
 
 

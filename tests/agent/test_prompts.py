@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from nightshift.chat import SYSTEM_PROMPT
 from nightshift.corpus import Corpus
 from nightshift.v1 import agent_pb2, sandbox_pb2
 from nightshift_agent.extract import NO_PROGRAM
 from nightshift_agent.prompts import (
     CLOSING_REQUEST,
     LONG_CODE_LINES,
-    SYSTEM_PROMPT,
     Detail,
     FixTask,
     build_prompt,

@@ -3,54 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from nightshift.natsserver import free_port
+from stackrun import ROOT, run
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-NIGHTSHIFT = [sys.executable, "-m", "nightshift_cli"]
-
-
-@pytest.fixture
-def stack(tmp_path):
-    env = {
-        **os.environ,
-        "NIGHTSHIFT_NATS_URL": f"nats://127.0.0.1:{free_port()}",
-        "NIGHTSHIFT_SANDBOX_ADDR": f"127.0.0.1:{free_port()}",
-        "NIGHTSHIFT_EVALUATOR_ADDR": f"127.0.0.1:{free_port()}",
-        "NIGHTSHIFT_AGENT_ADDR": f"127.0.0.1:{free_port()}",
-        "NIGHTSHIFT_TRAINER_ADDR": f"127.0.0.1:{free_port()}",
-    }
-    with open(tmp_path / "up.log", "w") as log:
-        up = subprocess.Popen(
-            [*NIGHTSHIFT, "up", "--data-dir", str(tmp_path / "data")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    deadline = time.monotonic() + 120
-    while "nightshift is up" not in (tmp_path / "up.log").read_text():
-        assert up.poll() is None, (tmp_path / "up.log").read_text()
-        assert time.monotonic() < deadline, "stack did not come up: " + (tmp_path / "up.log").read_text()
-        time.sleep(0.3)
-    yield env, up, tmp_path
-    if up.poll() is None:
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=60)
-
-
-def run(env, *args, check=False):
-    return subprocess.run(
-        [*NIGHTSHIFT, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300, check=check
-    )
 
 
 def test_check_a_broken_file_and_query_its_verdict(stack):

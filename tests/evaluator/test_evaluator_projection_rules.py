@@ -170,11 +170,11 @@ def test_same_delivery_gives_the_same_rows():
 
 def test_rules_and_streams():
     assert projection.rule_for("nightshift.v1.CheckCompleted") is projection.check_completed_rows
-    assert projection.rule_for("nightshift.v1.EpisodeCompleted") is None
-    assert projection.projected_streams() == ["SANDBOX"]
-    more = {
-        **projection.RULES,
-        "nightshift.v1.EpisodeCompleted": projection.check_completed_rows,
-        "nightshift.v1.AdapterPromoted": projection.check_completed_rows,
+    assert projection.rule_for("nightshift.v1.EpisodeCompleted") is projection.episode_completed_rows
+    assert projection.rule_for("nightshift.v1.NoSuchEvent") is None
+    assert projection.projected_streams() == ["ADAPTERS", "EPISODES", "EVALUATION", "SANDBOX", "TRAINING"]
+    fewer = {
+        "nightshift.v1.CheckCompleted": projection.check_completed_rows,
+        "nightshift.v1.AdapterPromoted": projection.adapter_event_rows,
     }
-    assert projection.projected_streams(more) == ["ADAPTERS", "EPISODES", "SANDBOX"]
+    assert projection.projected_streams(fewer) == ["ADAPTERS", "SANDBOX"]

@@ -181,7 +181,8 @@ async def test_a_client_deadline_interrupts_the_query(stub):
     assert plain_rows(response) == [(0,)]
 
 
-async def test_unimplemented_rpcs_say_so(stub):
+async def test_unknown_cycles_are_not_found(stub):
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await stub.GetEvaluation(evaluator_pb2.GetEvaluationRequest(run_id="r"), timeout=10)
-    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await stub.GetCycle(evaluator_pb2.GetCycleRequest(cycle_id="c"), timeout=10)
+    assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+    assert failed.value.details().startswith("cycle_id:")

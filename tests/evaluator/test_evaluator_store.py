@@ -128,7 +128,11 @@ async def test_a_republished_event_id_at_a_later_sequence_gives_one_row(store, d
 
 async def test_an_event_without_a_rule_only_moves_the_position(store, db_path):
     other = events_pb2.EpisodeCompleted(task_id="t")
-    assert await project(store, delivery(other, sequence=5)) is False
+    sandbox_only = {"nightshift.v1.CheckCompleted": projection.check_completed_rows}
+    assert (
+        await Projector(store, _NoBus(), rules=sandbox_only).handle("SANDBOX", delivery(other, sequence=5))
+        is False
+    )
     assert await store.position("projection", "SANDBOX") == 5
     await store.close()
     tables = dump_tables(db_path)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from nightshift.lora_gguf import LORA_TARGETS, LoraPair, write_lora_gguf
 
 ADAPTER_FILENAME = "adapter.gguf"
 NO_ADAPTER = "none"  # the adapter id a request names to get the base model
-LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LORA_SUFFIXES = (".lora_a", ".lora_b")
 
@@ -303,18 +303,11 @@ def write_random_lora_gguf(
     arrays, F32, with general.type=adapter, adapter.type=lora and adapter.lora.alpha. `zero_b` writes
     lora_b as zeros, like a freshly initialised PEFT adapter: loaded but without effect.
     """
-    import gguf
-
     architecture, shapes = base_model_shapes(base_model_path)
     n_layers = len({name.split(".")[1] for name in shapes if name.startswith("blk.")})
     chosen = sorted(set(range(n_layers) if layers is None else layers))
     rng = np.random.default_rng(seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, arch=architecture)
-    writer.add_type("adapter")
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+    pairs = []
     for layer in chosen:
         for target in targets:
             weight = f"blk.{layer}.{target}.weight"
@@ -327,10 +320,5 @@ def write_random_lora_gguf(
                 if zero_b
                 else rng.normal(0.0, scale, size=(n_out, rank)).astype(np.float32)
             )
-            writer.add_tensor(f"{weight}.lora_a", lora_a)
-            writer.add_tensor(f"{weight}.lora_b", lora_b)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+            pairs.append(LoraPair(weight, lora_a, lora_b))
+    return write_lora_gguf(Path(path), pairs, alpha=alpha, architecture=architecture)

@@ -26,20 +26,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from nightshift.chat import messages_for
 from nightshift.corpus import Koan
 from nightshift.v1 import agent_pb2, sandbox_pb2
 
 S = sandbox_pb2
 TokenCounter = Callable[[str], int]
 
-SYSTEM_PROMPT = (
-    "You are an expert Rust programmer who fixes broken Rust programs.\n"
-    "Answer with the whole corrected file in one ```rust fenced code block and nothing else: "
-    "no explanation before or after it.\n"
-    "Keep every public name and signature (types, fields, functions, methods) exactly as it is: "
-    "other code calls them.\n"
-    "Do not write tests: the task's tests are added to your program when it is checked."
-)
 CLOSING_REQUEST = "Answer with the whole corrected program in one ```rust block."
 
 # Chat-template tokens around each message (<|im_start|>role\n ... <|im_end|>\n) and the
@@ -146,11 +139,6 @@ class Prompt:
     shown_attempts: int = 0
     omitted_attempts: int = 0
     within_budget: bool = True
-
-
-def messages_for(user: str) -> list[dict[str, str]]:
-    """The chat messages around a recorded user prompt (what the trainer replays)."""
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def count_prompt_tokens(messages: Sequence[dict[str, str]], count_tokens: TokenCounter) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightshift import config as common
+from nightshift.corpus import default_corpus_dir
 
 
 def default_db_path() -> Path:
@@ -53,6 +54,31 @@ class EvaluatorConfig:
             "help": "most bytes of rows one Query returns before it is truncated",
         },
     )
+    agent_addr: str = field(
+        default=common.DEFAULT_ADDRS["agent"],
+        metadata={"env": "NIGHTSHIFT_AGENT_ADDR", "help": "the Agent service evaluations submit koans to"},
+    )
+    trainer_addr: str = field(
+        default=common.DEFAULT_ADDRS["trainer"],
+        metadata={
+            "env": "NIGHTSHIFT_TRAINER_ADDR",
+            "help": "the Trainer service the cycle saga asks for jobs",
+        },
+    )
+    corpus_dir: Path = field(
+        default_factory=default_corpus_dir,
+        metadata={
+            "env": "NIGHTSHIFT_CORPUS_DIR",
+            "help": "koan corpus of the evaluation sets (imported packs: <data dir>/packs)",
+        },
+    )
+    submit_window: int = field(
+        default=2,
+        metadata={
+            "env": "NIGHTSHIFT_EVALUATOR_SUBMIT_WINDOW",
+            "help": "tasks one evaluation keeps running on the agent at once",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.query_max_rows < 1:
@@ -61,6 +87,8 @@ class EvaluatorConfig:
             raise common.ConfigError("NIGHTSHIFT_EVALUATOR_QUERY_TIMEOUT_SECONDS must be positive")
         if self.query_max_bytes < 1024:
             raise common.ConfigError("NIGHTSHIFT_EVALUATOR_QUERY_MAX_BYTES must be at least 1024")
+        if self.submit_window < 1:
+            raise common.ConfigError("NIGHTSHIFT_EVALUATOR_SUBMIT_WINDOW must be at least 1")
 
     @classmethod
     def from_env(cls) -> EvaluatorConfig:
@@ -73,6 +101,10 @@ class EvaluatorConfig:
             query_max_rows=common.env_int("NIGHTSHIFT_EVALUATOR_QUERY_MAX_ROWS", 10_000),
             query_timeout_seconds=common.env_float("NIGHTSHIFT_EVALUATOR_QUERY_TIMEOUT_SECONDS", 30.0),
             query_max_bytes=common.env_int("NIGHTSHIFT_EVALUATOR_QUERY_MAX_BYTES", 8 * 1024 * 1024),
+            agent_addr=common.service_addr("agent"),
+            trainer_addr=common.service_addr("trainer"),
+            corpus_dir=default_corpus_dir(),
+            submit_window=common.env_int("NIGHTSHIFT_EVALUATOR_SUBMIT_WINDOW", 2),
         )
 
 

@@ -70,6 +70,16 @@ class EvaluatorStub:
                 request_serializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleRequest.SerializeToString,
                 response_deserializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleResponse.FromString,
                 _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/nightshift.v1.Evaluator/GetReport',
+                request_serializer=nightshift_dot_v1_dot_evaluator__pb2.GetReportRequest.SerializeToString,
+                response_deserializer=nightshift_dot_v1_dot_evaluator__pb2.GetReportResponse.FromString,
+                _registered_method=True)
+        self.Export = channel.unary_stream(
+                '/nightshift.v1.Evaluator/Export',
+                request_serializer=nightshift_dot_v1_dot_evaluator__pb2.ExportRequest.SerializeToString,
+                response_deserializer=nightshift_dot_v1_dot_evaluator__pb2.ExportChunk.FromString,
+                _registered_method=True)
 
 
 class EvaluatorServicer:
@@ -119,6 +129,20 @@ class EvaluatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReport(self, request, context):
+        """A Markdown report with PNG plots and a JSON summary of one run (optionally against another).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Export(self, request, context):
+        """A consistent snapshot of every table, as Parquet files or one DuckDB file, streamed in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +180,16 @@ def add_EvaluatorServicer_to_server(servicer, server):
                     servicer.GetCycle,
                     request_deserializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleRequest.FromString,
                     response_serializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleResponse.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=nightshift_dot_v1_dot_evaluator__pb2.GetReportRequest.FromString,
+                    response_serializer=nightshift_dot_v1_dot_evaluator__pb2.GetReportResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=nightshift_dot_v1_dot_evaluator__pb2.ExportRequest.FromString,
+                    response_serializer=nightshift_dot_v1_dot_evaluator__pb2.ExportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +382,60 @@ class Evaluator:
             '/nightshift.v1.Evaluator/GetCycle',
             nightshift_dot_v1_dot_evaluator__pb2.GetCycleRequest.SerializeToString,
             nightshift_dot_v1_dot_evaluator__pb2.GetCycleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nightshift.v1.Evaluator/GetReport',
+            nightshift_dot_v1_dot_evaluator__pb2.GetReportRequest.SerializeToString,
+            nightshift_dot_v1_dot_evaluator__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nightshift.v1.Evaluator/Export',
+            nightshift_dot_v1_dot_evaluator__pb2.ExportRequest.SerializeToString,
+            nightshift_dot_v1_dot_evaluator__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,

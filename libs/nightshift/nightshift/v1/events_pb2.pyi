@@ -248,14 +248,16 @@ class AdapterRolledBack(_message.Message):
     def __init__(self, from_adapter_id: _Optional[str] = ..., to_adapter_id: _Optional[str] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class EvaluationStarted(_message.Message):
-    __slots__ = ("run_id", "request", "koan_ids")
+    __slots__ = ("run_id", "request", "koan_ids", "requested_adapter")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     KOAN_IDS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     request: _evaluator_pb2.StartEvaluationRequest
     koan_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[str] = ..., request: _Optional[_Union[_evaluator_pb2.StartEvaluationRequest, _Mapping]] = ..., koan_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    requested_adapter: str
+    def __init__(self, run_id: _Optional[str] = ..., request: _Optional[_Union[_evaluator_pb2.StartEvaluationRequest, _Mapping]] = ..., koan_ids: _Optional[_Iterable[str]] = ..., requested_adapter: _Optional[str] = ...) -> None: ...
 
 class KoanEvaluated(_message.Message):
     __slots__ = ("run_id", "koan_id", "family", "repeat", "passed", "attempts", "passed_first_attempt", "error_codes", "task_id")
@@ -292,27 +294,35 @@ class GateDecided(_message.Message):
     def __init__(self, decision: _Optional[_Union[_evaluator_pb2.GateDecision, _Mapping]] = ...) -> None: ...
 
 class CyclePhaseStarted(_message.Message):
-    __slots__ = ("cycle_id", "cycle", "phase")
+    __slots__ = ("cycle_id", "cycle", "phase", "request")
     CYCLE_ID_FIELD_NUMBER: _ClassVar[int]
     CYCLE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     cycle_id: str
     cycle: int
     phase: str
-    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ...) -> None: ...
+    request: _evaluator_pb2.StartCycleRequest
+    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ..., request: _Optional[_Union[_evaluator_pb2.StartCycleRequest, _Mapping]] = ...) -> None: ...
 
 class CyclePhaseCompleted(_message.Message):
-    __slots__ = ("cycle_id", "cycle", "phase", "run_ids", "job_id", "adapter_id")
+    __slots__ = ("cycle_id", "cycle", "phase", "run_ids", "job_id", "adapter_id", "round", "seconds", "error")
     CYCLE_ID_FIELD_NUMBER: _ClassVar[int]
     CYCLE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     RUN_IDS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     cycle_id: str
     cycle: int
     phase: str
     run_ids: _containers.RepeatedScalarFieldContainer[str]
     job_id: str
     adapter_id: str
-    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ..., run_ids: _Optional[_Iterable[str]] = ..., job_id: _Optional[str] = ..., adapter_id: _Optional[str] = ...) -> None: ...
+    round: _evaluator_pb2.CycleRound
+    seconds: float
+    error: str
+    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ..., run_ids: _Optional[_Iterable[str]] = ..., job_id: _Optional[str] = ..., adapter_id: _Optional[str] = ..., round: _Optional[_Union[_evaluator_pb2.CycleRound, _Mapping]] = ..., seconds: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...

@@ -96,7 +96,14 @@ class JobProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "mix", "preset", "progress", "adapter_id", "error", "example_count", "excluded_count", "data_hash")
+    __slots__ = ("job_id", "state", "mix", "preset", "progress", "adapter_id", "error", "example_count", "excluded_count", "data_hash", "model", "correlation_id", "train_seconds", "train_tokens", "excluded_by_reason", "device")
+    class ExcludedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MIX_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +114,12 @@ class Job(_message.Message):
     EXAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_COUNT_FIELD_NUMBER: _ClassVar[int]
     DATA_HASH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     mix: MixSpec
@@ -117,7 +130,13 @@ class Job(_message.Message):
     example_count: int
     excluded_count: int
     data_hash: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., mix: _Optional[_Union[MixSpec, _Mapping]] = ..., preset: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., adapter_id: _Optional[str] = ..., error: _Optional[str] = ..., example_count: _Optional[int] = ..., excluded_count: _Optional[int] = ..., data_hash: _Optional[str] = ...) -> None: ...
+    model: str
+    correlation_id: str
+    train_seconds: float
+    train_tokens: int
+    excluded_by_reason: _containers.ScalarMap[str, int]
+    device: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., mix: _Optional[_Union[MixSpec, _Mapping]] = ..., preset: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., adapter_id: _Optional[str] = ..., error: _Optional[str] = ..., example_count: _Optional[int] = ..., excluded_count: _Optional[int] = ..., data_hash: _Optional[str] = ..., model: _Optional[str] = ..., correlation_id: _Optional[str] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., excluded_by_reason: _Optional[_Mapping[str, int]] = ..., device: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -156,7 +175,7 @@ class CancelJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class MixExample(_message.Message):
-    __slots__ = ("example_id", "koan_id", "prompt", "completion", "chosen", "rejected", "origin")
+    __slots__ = ("example_id", "koan_id", "prompt", "completion", "chosen", "rejected", "origin", "episode_id")
     EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     KOAN_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +183,7 @@ class MixExample(_message.Message):
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     example_id: str
     koan_id: str
     prompt: str
@@ -171,7 +191,8 @@ class MixExample(_message.Message):
     chosen: str
     rejected: str
     origin: str
-    def __init__(self, example_id: _Optional[str] = ..., koan_id: _Optional[str] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
+    episode_id: str
+    def __init__(self, example_id: _Optional[str] = ..., koan_id: _Optional[str] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ..., origin: _Optional[str] = ..., episode_id: _Optional[str] = ...) -> None: ...
 
 class BuildMixRequest(_message.Message):
     __slots__ = ("mix",)
@@ -180,17 +201,33 @@ class BuildMixRequest(_message.Message):
     def __init__(self, mix: _Optional[_Union[MixSpec, _Mapping]] = ...) -> None: ...
 
 class BuildMixResponse(_message.Message):
-    __slots__ = ("examples", "excluded_count", "data_hash")
+    __slots__ = ("examples", "excluded_count", "data_hash", "excluded_by_reason")
+    class ExcludedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_COUNT_FIELD_NUMBER: _ClassVar[int]
     DATA_HASH_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     examples: _containers.RepeatedCompositeFieldContainer[MixExample]
     excluded_count: int
     data_hash: str
-    def __init__(self, examples: _Optional[_Iterable[_Union[MixExample, _Mapping]]] = ..., excluded_count: _Optional[int] = ..., data_hash: _Optional[str] = ...) -> None: ...
+    excluded_by_reason: _containers.ScalarMap[str, int]
+    def __init__(self, examples: _Optional[_Iterable[_Union[MixExample, _Mapping]]] = ..., excluded_count: _Optional[int] = ..., data_hash: _Optional[str] = ..., excluded_by_reason: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("adapter_id", "state", "model", "gguf_path", "job_id", "sha256", "parent_adapter_id")
+    __slots__ = ("adapter_id", "state", "model", "gguf_path", "job_id", "sha256", "parent_adapter_id", "recipe", "data_hash", "preset", "metrics", "verification", "reason")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +235,12 @@ class Adapter(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PARENT_ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_HASH_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     adapter_id: str
     state: AdapterState
     model: str
@@ -205,7 +248,31 @@ class Adapter(_message.Message):
     job_id: str
     sha256: str
     parent_adapter_id: str
-    def __init__(self, adapter_id: _Optional[str] = ..., state: _Optional[_Union[AdapterState, str]] = ..., model: _Optional[str] = ..., gguf_path: _Optional[str] = ..., job_id: _Optional[str] = ..., sha256: _Optional[str] = ..., parent_adapter_id: _Optional[str] = ...) -> None: ...
+    recipe: str
+    data_hash: str
+    preset: str
+    metrics: _containers.ScalarMap[str, float]
+    verification: AdapterVerification
+    reason: str
+    def __init__(self, adapter_id: _Optional[str] = ..., state: _Optional[_Union[AdapterState, str]] = ..., model: _Optional[str] = ..., gguf_path: _Optional[str] = ..., job_id: _Optional[str] = ..., sha256: _Optional[str] = ..., parent_adapter_id: _Optional[str] = ..., recipe: _Optional[str] = ..., data_hash: _Optional[str] = ..., preset: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., verification: _Optional[_Union[AdapterVerification, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AdapterVerification(_message.Message):
+    __slots__ = ("passed", "tolerance", "max_abs_diff", "adapter_effect", "reference_effect", "prompt", "detail")
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    passed: bool
+    tolerance: float
+    max_abs_diff: float
+    adapter_effect: float
+    reference_effect: float
+    prompt: str
+    detail: str
+    def __init__(self, passed: _Optional[bool] = ..., tolerance: _Optional[float] = ..., max_abs_diff: _Optional[float] = ..., adapter_effect: _Optional[float] = ..., reference_effect: _Optional[float] = ..., prompt: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()

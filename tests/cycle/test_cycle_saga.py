@@ -1,0 +1,333 @@
+"""The cycle saga through the real evaluator and the real trainer service on a real nats-server.
+
+The agent is a double whose skill depends on the adapter it serves (so the gate has something to
+decide), and the trainer's torch pipeline is replaced by one that writes an adapter file at once: the
+saga, the job flow, the registry acting on GateDecided, and resuming after an evaluator restart are
+what these tests check. The real pipeline runs in the end-to-end quick cycle (tests/e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from nightshift.bus import EventBus
+from nightshift.corpus import Corpus
+from nightshift.grpcserver import create_server
+from nightshift.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    evaluator_pb2,
+    evaluator_pb2_grpc,
+    events_pb2,
+    sandbox_pb2,
+    trainer_pb2,
+)
+from nightshift_evaluator.config import EvaluatorConfig
+from nightshift_evaluator.server import start as start_evaluator
+from nightshift_trainer import pipeline
+from nightshift_trainer.config import TrainerConfig
+from nightshift_trainer.server import start as start_trainer
+from nightshift_trainer.training import TrainResult
+
+A = agent_pb2
+E = evaluator_pb2
+S = sandbox_pb2
+CORPUS = Corpus.load()
+MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+# The base model fails these at attempt 1; it fixes the train ones at attempt 2, never the others.
+BASE_FAILS = {"mut-002", "mut-006", "borrow-009", "move-009", "conv-009"}
+
+
+class LearningAgent(agent_pb2_grpc.AgentServicer):
+    """Publishes TaskSubmitted, AttemptRecorded and EpisodeCompleted like the agent, without a model.
+
+    The base model fails BASE_FAILS at the first attempt; any adapter fixes everything at once. The
+    champion follows ADAPTERS events, the served adapters are the files in the adapter directory.
+    """
+
+    def __init__(self, bus: EventBus, adapters_dir: Path):
+        self.bus = bus
+        self.adapters_dir = adapters_dir
+        self.champion = ""
+        self.submissions: Counter = Counter()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def follow_champion(self, stop: asyncio.Event) -> None:
+        async def apply(delivery):
+            if isinstance(delivery.event, events_pb2.AdapterPromoted):
+                self.champion = delivery.event.adapter_id
+            elif isinstance(delivery.event, events_pb2.AdapterRolledBack):
+                self.champion = delivery.event.to_adapter_id
+
+        await self.bus.consume("ADAPTERS", f"double-{uuid.uuid4().hex[:8]}", apply, stop=stop)
+
+    async def SubmitTask(self, request, context):
+        task_id = str(uuid.uuid4())
+        koan = CORPUS.get(request.koan_id)
+        adapter = request.adapter_id or self.champion or "none"
+        self.submissions[(request.correlation_id, request.koan_id, request.seed)] += 1
+        resolved = A.SubmitTaskRequest()
+        resolved.CopyFrom(request)
+        resolved.adapter_id = adapter
+        await self.bus.publish(
+            events_pb2.TaskSubmitted(
+                task_id=task_id, request=resolved, koan_set=koan.split, family=koan.family
+            ),
+            correlation_id=request.correlation_id,
+        )
+        task = asyncio.create_task(self._work(task_id, resolved, koan))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return A.SubmitTaskResponse(task_id=task_id)
+
+    async def _work(self, task_id, request, koan) -> None:
+        prompt = f"Fix the Rust program below.\n\n```rust\n{koan.broken}\n```"
+        fails_first = request.adapter_id == "none" and koan.id in BASE_FAILS
+        attempts = []
+        if fails_first:
+            attempts.append(
+                (
+                    koan.broken,
+                    S.Verdict(
+                        status=S.COMPILE_ERROR, diagnostics=[S.Diagnostic(code="E0384", level="error")]
+                    ),
+                )
+            )
+        if not fails_first or (request.max_attempts > 1 and koan.split == "train"):
+            attempts.append((koan.fix, S.Verdict(status=S.OK)))
+        for number, (code, verdict) in enumerate(attempts, start=1):
+            await self.bus.publish(
+                events_pb2.AttemptRecorded(
+                    task_id=task_id,
+                    koan_id=koan.id,
+                    attempt=A.Attempt(
+                        number=number,
+                        prompt=prompt,
+                        completion=f"```rust\n{code}\n```",
+                        code=code,
+                        verdict=verdict,
+                    ),
+                    adapter_id=request.adapter_id,
+                    model=MODEL,
+                    run_id=request.run_id,
+                )
+            )
+        passed = attempts[-1][1].status == S.OK
+        await self.bus.publish(
+            events_pb2.EpisodeCompleted(
+                task_id=task_id,
+                koan_id=koan.id,
+                passed=passed,
+                steps=len(attempts),
+                error_codes=["E0384"] if fails_first else [],
+                adapter_id=request.adapter_id,
+                model=MODEL,
+                run_id=request.run_id,
+                state=A.TASK_PASSED if passed else A.TASK_FAILED,
+                final_code=attempts[-1][0],
+                koan_set=koan.split,
+                family=koan.family,
+                correlation_id=request.correlation_id,
+            ),
+            correlation_id=request.correlation_id,
+        )
+
+    async def ListModels(self, request, context):
+        return A.ListModelsResponse(models=[A.ModelInfo(name=MODEL, available=True)])
+
+    async def ListAdapters(self, request, context):
+        ids = sorted(p.name for p in self.adapters_dir.iterdir()) if self.adapters_dir.exists() else []
+        return A.ListServedAdaptersResponse(
+            adapters=[A.ServedAdapter(adapter_id=a, champion=a == self.champion) for a in ids],
+            champion_adapter_id=self.champion,
+        )
+
+
+def instant_pipeline(**kwargs) -> pipeline.Outcome:
+    """Stands in for torch training: writes the adapter file and reports a verified adapter."""
+    path: Path = kwargs["adapter_path"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"GGUF" + uuid.uuid4().bytes)
+    kwargs["on_progress"](
+        pipeline.Progress(step=1, total_steps=1, loss=0.5, tokens_per_second=100.0, eta_seconds=0)
+    )
+    train = TrainResult(
+        peft_dir=kwargs["work_dir"],
+        steps=1,
+        final_loss=0.5,
+        train_seconds=0.1,
+        train_tokens=100,
+        device="cpu",
+        resumed_from_step=0,
+    )
+    verification = trainer_pb2.AdapterVerification(
+        passed=True, tolerance=0.1, max_abs_diff=0.01, adapter_effect=1.0
+    )
+    return pipeline.Outcome(train, path, verification)
+
+
+@pytest.fixture
+async def world(nats_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "train_export_verify", instant_pipeline)
+    monkeypatch.setattr(pipeline, "device_name", lambda: "cpu")
+    bus = await EventBus.connect(nats_server.url, "saga-test")
+    await bus.ensure_streams()
+    adapters_dir = tmp_path / "adapters"
+    agent = LearningAgent(bus, adapters_dir)
+    agent_server = create_server(
+        "127.0.0.1:0", [(agent_pb2_grpc.add_AgentServicer_to_server, agent, "nightshift.v1.Agent")]
+    )
+    await agent_server.start()
+    stop = asyncio.Event()
+    follower = asyncio.create_task(agent.follow_champion(stop))
+    trainer = await start_trainer(
+        TrainerConfig(
+            addr="127.0.0.1:0",
+            nats_url=nats_server.url,
+            store_dir=tmp_path / "trainer",
+            adapters_dir=adapters_dir,
+            model=MODEL,
+            threads=1,
+        )
+    )
+    config = EvaluatorConfig(
+        addr="127.0.0.1:0",
+        nats_url=nats_server.url,
+        db_path=tmp_path / "evaluator" / "db.duckdb",
+        agent_addr=f"127.0.0.1:{agent_server.port}",
+        trainer_addr=f"127.0.0.1:{trainer.port}",
+    )
+    yield bus, agent, config
+    stop.set()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(follower, 5)
+    await trainer.stop()
+    await agent_server.stop(0.5)
+    await bus.close()
+
+
+REQUEST = E.StartCycleRequest(
+    cycles=2, recipe="replay", day_set="smoke", eval_family="mutability", max_attempts=2, model=MODEL
+)
+
+
+async def wait_for_cycle(stub, cycle_id: str, timeout: float = 90.0) -> E.CycleStatus:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = (await stub.GetCycle(E.GetCycleRequest(cycle_id=cycle_id))).status
+        if status.state != "running":
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"cycle still running: round {status.cycle} {status.phase}")
+        await asyncio.sleep(0.2)
+
+
+async def test_two_rounds_promote_a_gain_and_reject_a_tie(world):
+    bus, agent, config = world
+    evaluator = await start_evaluator(config)
+    try:
+        async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+            stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+            cycle_id = (await stub.StartCycle(REQUEST)).cycle_id
+            status = await wait_for_cycle(stub, cycle_id)
+            assert status.state == "done", status.error
+            first, second = status.rounds
+            # Round 1: the adapter fixes mut-002 (frozen) and mut-006 (held-out) -> promoted.
+            assert first.decision.promote, first.decision.reasons
+            assert first.decision.gains == 1 and first.decision.regressions == 0
+            assert first.champion_adapter_id == ""
+            # Round 2: gated against round 1's adapter, whose runs are reused; a tie is rejected.
+            assert second.champion_adapter_id == first.adapter_id
+            assert second.champion_frozen_run_id == first.candidate_frozen_run_id
+            assert not second.decision.promote
+            assert any("no gain" in r for r in second.decision.reasons)
+            assert set(status.rounds[0].phase_seconds) == {"day", "night", "dawn"}
+
+            report = await stub.GetReport(
+                E.GetReportRequest(run_id=second.candidate_frozen_run_id, cycle_id=cycle_id)
+            )
+            names = {f.name for f in report.files}
+            assert {"report.md", "summary.json", "learning_curve.png"} <= names
+            assert first.candidate_frozen_run_id in report.markdown
+    finally:
+        await evaluator.stop()
+    assert agent.champion == first.adapter_id
+    adapters = [d.event for d in await bus.read_all("ADAPTERS")]
+    kinds = Counter(type(e).__name__ for e in adapters)
+    assert kinds == {"AdapterTrained": 2, "AdapterPromoted": 1, "AdapterRejected": 1}
+
+
+async def test_an_evaluator_restart_mid_cycle_resumes_without_redoing_work(world):
+    bus, agent, config = world
+    evaluator = await start_evaluator(config)
+    async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+        stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+        cycle_id = (await stub.StartCycle(REQUEST)).cycle_id
+        # Stop the evaluator as soon as round 1's night has been recorded.
+        while True:
+            completed = [
+                d.event
+                for d in await bus.read_all("EVALUATION", "evaluation.cycle.phase_completed")
+                if d.event.cycle_id == cycle_id
+            ]
+            if any(e.phase == "night" for e in completed):
+                break
+            await asyncio.sleep(0.05)
+    await evaluator.stop()
+
+    evaluator = await start_evaluator(config)
+    try:
+        async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+            stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+            status = await wait_for_cycle(stub, cycle_id)
+    finally:
+        await evaluator.stop()
+    assert status.state == "done", status.error
+    assert len(status.rounds) == 2
+
+    evaluation = [d for d in await bus.read_all("EVALUATION")]
+    phases = Counter(
+        (d.event.cycle, d.event.phase, type(d.event).__name__)
+        for d in evaluation
+        if isinstance(d.event, (events_pb2.CyclePhaseStarted, events_pb2.CyclePhaseCompleted))
+    )
+    assert all(n == 1 for n in phases.values()), phases
+    gates = [d.event for d in evaluation if isinstance(d.event, events_pb2.GateDecided)]
+    assert len(gates) == 2
+    started = Counter(
+        d.event.request.correlation_id
+        for d in evaluation
+        if isinstance(d.event, events_pb2.EvaluationStarted)
+    )
+    assert all(n == 1 for n in started.values()), started
+    jobs = [d for d in await bus.read_all("TRAINING") if isinstance(d.event, events_pb2.TrainingJobRequested)]
+    assert len(jobs) == 2
+    assert all(n == 1 for n in agent.submissions.values()), agent.submissions
+
+
+async def test_bad_cycle_requests_name_the_field(world):
+    _, _, config = world
+    evaluator = await start_evaluator(config)
+    try:
+        async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+            stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+            for request, field in (
+                (E.StartCycleRequest(recipe="magic"), "recipe"),
+                (E.StartCycleRequest(cycles=99), "cycles"),
+                (E.StartCycleRequest(day_set="frozen"), "day_set"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.StartCycle(request)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert info.value.details().startswith(f"{field}:")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.GetCycle(E.GetCycleRequest(cycle_id="ghost"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await evaluator.stop()
