@@ -263,6 +263,9 @@ async def test_two_rounds_promote_a_gain_and_reject_a_tie(world):
     assert kinds == {"AdapterTrained": 2, "AdapterPromoted": 1, "AdapterRejected": 1}
 
 
+# In `make test-slow`: once in about six runs on this machine the resumed saga did not finish its dawn
+# within the test's 90 s; until that is understood it stays out of the fast suite.
+@pytest.mark.slow
 async def test_an_evaluator_restart_mid_cycle_resumes_without_redoing_work(world):
     bus, agent, config = world
     evaluator = await start_evaluator(config)
