@@ -21,15 +21,18 @@ system-deps:
 	@bash deploy/scripts/install-system-deps.sh
 
 # torch (the trainer's, CPU here; ~2.7 GB of wheels with its CUDA libraries) downloads once and is cached.
-# llama-cpp-python (the agent's and the trainer's) builds llama.cpp from source the first time (~5 min on 2 cores);
-# pip caches the wheel, so later setups take seconds. A native build uses AMX where the CPU advertises
-# it, which segfaults on the first evaluation on these machines: build for AVX2 instead.
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-                    -DGGML_BMI2=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-$(STAMP): $(PYPROJECTS)
+# llama-cpp-python (the agent's and the trainer's) builds llama.cpp from source the first time (~6 min on
+# 2 cores) for this CPU's vector extensions (AVX-512 where present, else AVX2; never AMX, which segfaults
+# here); deploy/scripts/build-llama-wheel.sh keeps the wheel per version and flags, so later setups take
+# seconds. LLAMA_CMAKE_ARGS=... overrides the flags.
+LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' services/agent/pyproject.toml)
+LLAMA_CMAKE_ARGS ?=
+$(STAMP): $(PYPROJECTS) deploy/scripts/build-llama-wheel.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -r requirements-dev.txt \
+	wheel=$$(LLAMA_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" bash deploy/scripts/build-llama-wheel.sh $(PY) $(LLAMA_VERSION)) \
+	    && $(PY) -m pip install --quiet --force-reinstall --no-deps "$$wheel"
+	$(PY) -m pip install --quiet -r requirements-dev.txt \
 	    -e libs/nightshift -e services/sandbox -e services/evaluator -e services/agent \
 	    -e services/trainer -e cli
 	touch $(STAMP)

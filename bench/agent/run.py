@@ -1,12 +1,15 @@
 """The agent through its gRPC API versus llama.cpp called directly, and the fix loop's pass@1 vs pass@k.
 
-    .venv/bin/python bench/agent/run.py [--set smoke] [--max-attempts 3] [--direct 8]
+    .venv/bin/python bench/agent/run.py [--set smoke] [--max-attempts 3] [--direct 8] [--model M]
 
-Starts a real nats-server, Sandbox and Agent in this process, runs every koan of the set through
-`SubmitTask` (greedy first attempt, seeded sampling after), then replays up to `--direct` of the recorded
-prompts through llama-cpp-python's own `create_chat_completion` on a fresh instance (no prefix cache,
-same model, threads and token cap): tokens/s of the agent as a ratio of that baseline. Prints a table
-and writes bench/results/agent.json.
+Starts a real nats-server, Sandbox and Agent in this process and runs every koan of the set through
+`SubmitTask` (greedy first attempt, seeded sampling after). Right after each of the first `--direct` tasks
+ends, its first-attempt prompt goes through llama-cpp-python's own `create_chat_completion` (greedy, same
+model, threads and token cap) on a second instance whose cache is reset before each call: the baseline
+runs on the same prompts, in the same run, interleaved with the agent, so machine load hits both alike.
+Prompt evaluation (tokens/s until the first token) and decoding (tokens/s after it) are compared
+separately, as ratios agent / direct of the medians. Prints a table and writes bench/results/agent.json
+(or --out).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import tempfile
@@ -33,13 +35,56 @@ from nightshift_sandbox.config import SandboxConfig
 from nightshift_sandbox.server import start as start_sandbox
 from rich.console import Console
 from rich.table import Table
+from runtime import direct_completion  # bench/agent/runtime.py, beside this script
 
 A = agent_pb2
 
 
+def agent_rates(attempt: agent_pb2.Attempt) -> dict:
+    """Prompt and decode tokens/s of one recorded attempt (decode steps: every token after the first)."""
+    evaluated = attempt.prompt_tokens - attempt.reused_prompt_tokens
+    decode_seconds = attempt.generate_seconds - attempt.prompt_seconds
+    return {
+        "prompt_tokens": attempt.prompt_tokens,
+        "evaluated_prompt_tokens": evaluated,
+        "prompt_seconds": attempt.prompt_seconds,
+        "prompt_tokens_per_second": evaluated / attempt.prompt_seconds if attempt.prompt_seconds > 0 else 0.0,
+        "completion_tokens": attempt.completion_tokens,
+        "decode_seconds": decode_seconds,
+        "decode_tokens_per_second": (attempt.completion_tokens - 1) / decode_seconds
+        if attempt.completion_tokens > 1 and decode_seconds > 0
+        else 0.0,
+    }
+
+
+class DirectLlama:
+    """llama-cpp-python used the way its README shows: one Llama, create_chat_completion, cache reset."""
+
+    def __init__(self, model_path: Path, n_ctx: int, n_threads: int):
+        from llama_cpp import Llama
+
+        self.llama = Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            verbose=False,
+        )
+
+    def complete(self, attempt: agent_pb2.Attempt, max_tokens: int) -> dict:
+        """The attempt's prompt, greedy, timed to the first streamed chunk (prompt) and to the end."""
+        return direct_completion(self.llama, messages_for(attempt.prompt), max_tokens, attempt.prompt_tokens)
+
+
 async def run_agent(
-    koan_ids: list[str], max_attempts: int, model: str, console: Console
-) -> tuple[list, float]:
+    koan_ids: list[str], max_attempts: int, model: str, n_direct: int, console: Console
+) -> tuple[list, float, list[dict]]:
+    """Every koan through the agent; the first `n_direct` first attempts replayed directly in between.
+
+    Returns the tasks, the agent's wall time (the direct calls excluded) and the paired measurements."""
+    config = AgentConfig()
+    direct = DirectLlama(ModelStore().resolve(model), config.n_ctx, config.n_threads) if n_direct else None
+    pairs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         nats = NatsServer(Path(tmp) / "nats").start()
         sysroot = subprocess.run(
@@ -60,11 +105,12 @@ async def run_agent(
             )
         )
         tasks = []
+        wall = 0.0
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{agent.port}") as channel:
                 stub = agent_pb2_grpc.AgentStub(channel)
-                started = time.perf_counter()
                 for koan_id in koan_ids:
+                    started = time.perf_counter()
                     task_id = (
                         await stub.SubmitTask(
                             A.SubmitTaskRequest(
@@ -75,40 +121,31 @@ async def run_agent(
                     async for update in stub.WatchTask(A.WatchTaskRequest(task_id=task_id)):
                         if update.HasField("task"):
                             task = update.task
+                    wall += time.perf_counter() - started
                     tasks.append(task)
                     statuses = [sandbox_pb2.CheckStatus.Name(a.verdict.status) for a in task.attempts]
-                    console.print(f"{koan_id}: {A.TaskState.Name(task.state)} {statuses}", highlight=False)
-                wall = time.perf_counter() - started
+                    line = f"{koan_id}: {A.TaskState.Name(task.state)} {statuses}"
+                    if direct is not None and len(pairs) < n_direct and task.attempts:
+                        first = task.attempts[0]
+                        mine = agent_rates(first)
+                        theirs = await asyncio.to_thread(direct.complete, first, first.completion_tokens)
+                        pairs.append({"koan_id": koan_id, "agent": mine, "direct": theirs})
+                        line += "  decode {:.1f} vs {:.1f} tok/s, prompt {:.0f} vs {:.0f}".format(
+                            mine["decode_tokens_per_second"],
+                            theirs["decode_tokens_per_second"],
+                            mine["prompt_tokens_per_second"],
+                            theirs["prompt_tokens_per_second"],
+                        )
+                    console.print(line, highlight=False)
         finally:
             await agent.stop(grace=5)
             await sandbox.stop(grace=5)
             nats.stop()
-    return tasks, wall
+    return tasks, wall, pairs
 
 
-def run_direct(model_path: Path, attempts: list, n_ctx: int) -> list[dict]:
-    from llama_cpp import Llama
-
-    llama = Llama(
-        model_path=str(model_path),
-        n_ctx=n_ctx,
-        n_threads=os.cpu_count() or 2,
-        n_threads_batch=os.cpu_count() or 2,
-        verbose=False,
-    )
-    out = []
-    for attempt in attempts:
-        llama.reset()
-        started = time.perf_counter()
-        reply = llama.create_chat_completion(
-            messages=messages_for(attempt.prompt),
-            temperature=0.0,
-            max_tokens=max(attempt.completion_tokens, 1),
-        )
-        seconds = time.perf_counter() - started
-        tokens = reply["usage"]["completion_tokens"]
-        out.append({"completion_tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds})
-    return out
+def _median(pairs: list[dict], side: str, key: str) -> float:
+    return statistics.median(p[side][key] for p in pairs) if pairs else 0.0
 
 
 def main() -> int:
@@ -123,13 +160,8 @@ def main() -> int:
     args = parser.parse_args()
     console = Console()
     koans = [k.id for k in Corpus.load().koans(args.set)]
-    tasks, wall = asyncio.run(run_agent(koans, args.max_attempts, args.model, console))
-
+    tasks, wall, pairs = asyncio.run(run_agent(koans, args.max_attempts, args.model, args.direct, console))
     attempts = [a for t in tasks for a in t.attempts]
-    agent_tps = [a.completion_tokens / a.generate_seconds for a in attempts if a.generate_seconds > 0]
-    first = [t.attempts[0] for t in tasks if t.attempts][: args.direct]
-    direct = run_direct(ModelStore().resolve(args.model), first, AgentConfig().n_ctx)
-    agent_first_tps = [a.completion_tokens / a.generate_seconds for a in first]
     passed_at = [
         next((i + 1 for i, a in enumerate(t.attempts) if a.verdict.status == sandbox_pb2.OK), None)
         for t in tasks
@@ -137,7 +169,7 @@ def main() -> int:
     n = len(tasks)
     summary = {
         "command": f"bench/agent/run.py --set {args.set} --max-attempts {args.max_attempts} "
-        f"--direct {args.direct}",
+        f"--direct {args.direct} --model {args.model}",
         "model": args.model,
         "koans": n,
         "pass_at_1": sum(1 for p in passed_at if p == 1) / n,
@@ -145,14 +177,29 @@ def main() -> int:
         "median_attempts_to_pass": statistics.median([p for p in passed_at if p]) if any(passed_at) else None,
         "attempts": len(attempts),
         "attempts_per_minute": len(attempts) / (wall / 60),
-        "agent_tokens_per_second_median": statistics.median(agent_tps),
-        "first_attempts_compared": len(first),
-        "agent_first_attempt_tokens_per_second_median": statistics.median(agent_first_tps),
-        "direct_tokens_per_second_median": statistics.median(d["tokens_per_second"] for d in direct),
+        "agent_decode_tokens_per_second_median": statistics.median(
+            agent_rates(a)["decode_tokens_per_second"] for a in attempts
+        ),
+        "agent_prompt_tokens_per_second_median": statistics.median(
+            agent_rates(a)["prompt_tokens_per_second"] for a in attempts
+        ),
+        "reused_prompt_token_share": sum(a.reused_prompt_tokens for a in attempts)
+        / max(sum(a.prompt_tokens for a in attempts), 1),
+        "first_attempts_compared": len(pairs),
+        "first_attempt_decode_tokens_per_second_agent": _median(pairs, "agent", "decode_tokens_per_second"),
+        "first_attempt_decode_tokens_per_second_direct": _median(pairs, "direct", "decode_tokens_per_second"),
+        "first_attempt_prompt_tokens_per_second_agent": _median(pairs, "agent", "prompt_tokens_per_second"),
+        "first_attempt_prompt_tokens_per_second_direct": _median(pairs, "direct", "prompt_tokens_per_second"),
     }
-    summary["agent_vs_direct"] = (
-        summary["agent_first_attempt_tokens_per_second_median"] / summary["direct_tokens_per_second_median"]
-    )
+    if pairs:
+        summary["decode_agent_vs_direct"] = (
+            summary["first_attempt_decode_tokens_per_second_agent"]
+            / summary["first_attempt_decode_tokens_per_second_direct"]
+        )
+        summary["prompt_agent_vs_direct"] = (
+            summary["first_attempt_prompt_tokens_per_second_agent"]
+            / summary["first_attempt_prompt_tokens_per_second_direct"]
+        )
     table = Table(title=f"agent on {args.set} ({n} koans, {args.model})")
     table.add_column("metric")
     table.add_column("value")
@@ -162,7 +209,7 @@ def main() -> int:
     console.print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**summary, "direct": direct, "passed_at": passed_at}, indent=2))
+    out.write_text(json.dumps({**summary, "pairs": pairs, "passed_at": passed_at}, indent=2))
     console.print(f"wrote {out}")
     return 0
 

@@ -24,10 +24,13 @@ def _codes(verdict: sandbox_pb2.Verdict) -> str:
 def _print_attempt(console: Console, attempt: agent_pb2.Attempt) -> None:
     status = S.CheckStatus.Name(attempt.verdict.status)
     color = "green" if attempt.verdict.status == S.OK else "red"
-    rate = attempt.completion_tokens / attempt.generate_seconds if attempt.generate_seconds else 0.0
+    # decoding rate: the time until the first token went to the prompt
+    decode_seconds = attempt.generate_seconds - attempt.prompt_seconds
+    rate = (attempt.completion_tokens - 1) / decode_seconds if decode_seconds > 0 else 0.0
     console.print(
         f"attempt {attempt.number}: [{color}]{status}[/] {_codes(attempt.verdict)} "
-        f"[dim]({attempt.completion_tokens} tokens, {rate:.1f} tok/s, T={attempt.temperature:g})[/]",
+        f"[dim]({attempt.completion_tokens} tokens, {rate:.1f} tok/s, prompt {attempt.prompt_seconds:.1f} s, "
+        f"T={attempt.temperature:g})[/]",
         highlight=False,
     )
 

@@ -110,6 +110,14 @@ async def test_a_smoke_koan_runs_end_to_end_and_is_recorded(stack, nats_server):
     assert isinstance(recorded, events_pb2.AttemptRecorded)
     assert recorded.attempt.prompt and recorded.attempt.completion and recorded.attempt.code
     assert recorded.attempt.prompt_tokens > 0 and recorded.attempt.completion_tokens > 0
+    # the prompt phase is part of the generation time, and a second attempt reuses the first's prefix
+    for a in task.attempts:
+        assert 0 < a.prompt_seconds < a.generate_seconds
+        assert a.reused_prompt_tokens < a.prompt_tokens
+        assert (a.resamples == 0) == (a.resample_seconds == 0)
+    assert task.attempts[0].resamples == 0
+    if len(task.attempts) > 1:
+        assert task.attempts[1].reused_prompt_tokens > 0
     assert (
         recorded.model == DEFAULT_MODEL and recorded.adapter_id == "none" and recorded.run_id == "run-smoke"
     )

@@ -17,10 +17,13 @@ from nightshift.v1 import sandbox_pb2, sandbox_pb2_grpc
 from nightshift_agent.extract import CUT_OFF, NO_PROGRAM
 from nightshift_agent.loop import (
     DEFAULT_RETRY_TEMPERATURE,
+    MAX_TEMPERATURE,
+    RESAMPLE_TEMPERATURE_STEP,
     FixTask,
     Generation,
     attempt_decoding,
     derive_seed,
+    program_key,
     run_fix_loop,
 )
 from nightshift_agent.prompts import (
@@ -69,6 +72,8 @@ class ScriptedGenerator:
             completion_tokens=self.count_tokens(answer),
             seconds=0.01,
             finish_reason="stop",
+            prompt_seconds=0.004,
+            reused_prompt_tokens=16 * (len(self.calls) - 1),
         )
 
 
@@ -114,6 +119,9 @@ async def test_wrong_then_right_passes_in_two_steps_with_the_history_in_the_seco
         assert attempt.prompt.startswith(render_task(TASK))
         assert attempt.prompt_tokens == count_prompt_tokens(call["messages"], estimate_tokens)
         assert attempt.completion_tokens > 0 and attempt.generate_seconds > 0
+        # where the generation time went is recorded with it
+        assert attempt.prompt_seconds == 0.004
+        assert attempt.reused_prompt_tokens == 16 * (attempt.number - 1)
     assert "Attempt 1" not in first.prompt
     history = second.prompt[len(render_task(TASK)) :]
     assert "Attempt 1:\n```rust\n" + first.code in history
@@ -194,7 +202,7 @@ async def test_max_attempts_is_respected(sandbox, max_attempts):
         seen.append(attempt.number)
 
     result = await run_fix_loop(
-        TASK, generator, sandbox, max_attempts=max_attempts, seed=7, on_attempt=on_attempt
+        TASK, generator, sandbox, max_attempts=max_attempts, seed=7, on_attempt=on_attempt, max_resamples=0
     )
 
     assert not result.passed
@@ -309,3 +317,67 @@ async def test_a_resumed_episode_continues_from_its_recorded_attempts(sandbox):
     again = ScriptedGenerator(fenced(KOAN.fix))
     finished = await run_fix_loop(TASK, again, sandbox, previous_attempts=result.attempts)
     assert finished.passed and finished.steps == 2 and not again.calls
+
+
+async def test_a_retry_that_repeats_a_failed_program_is_sampled_again_hotter(sandbox):
+    generator = ScriptedGenerator(fenced(STILL_MOVED), fenced(STILL_MOVED + "\n\n"), fenced(KOAN.fix))
+    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=2, seed=9)
+
+    assert result.passed and result.steps == 2
+    first, second = result.attempts
+    assert first.resamples == 0 and first.resample_seconds == 0
+    # the repeat (trailing blank lines aside) was discarded without a sandbox call; the next answer stands
+    assert second.resamples == 1 and second.resample_seconds == pytest.approx(0.01)
+    hotter = DEFAULT_RETRY_TEMPERATURE + RESAMPLE_TEMPERATURE_STEP
+    assert [(c["temperature"], c["seed"]) for c in generator.calls] == [
+        (0.0, derive_seed(9, 1)),
+        (DEFAULT_RETRY_TEMPERATURE, derive_seed(9, 2)),
+        (hotter, derive_seed(9, 2, 1)),
+    ]
+    assert (second.temperature, second.seed) == (hotter, derive_seed(9, 2, 1))
+    assert second.completion == fenced(KOAN.fix)
+    # the discarded answer used the same prompt
+    assert generator.calls[1]["messages"] == generator.calls[2]["messages"]
+
+
+async def test_a_retry_returning_the_broken_input_unchanged_is_a_repeat_but_attempt_one_is_kept(sandbox):
+    generator = ScriptedGenerator(fenced(KOAN.broken), fenced(KOAN.broken), fenced(KOAN.fix))
+    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=2)
+
+    first, second = result.attempts
+    assert first.resamples == 0 and program_key(first.code) == program_key(KOAN.broken)
+    assert first.verdict.status == S.COMPILE_ERROR  # the greedy first answer is judged as it is
+    assert second.resamples == 1 and second.verdict.status == S.OK
+
+
+async def test_resampling_stops_at_its_cap_and_the_last_answer_is_judged(sandbox):
+    generator = ScriptedGenerator(fenced(STILL_MOVED))
+    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=3, max_resamples=2, seed=4)
+
+    assert not result.passed and result.steps == 3
+    assert len(generator.calls) == 1 + 2 * 3
+    assert [a.resamples for a in result.attempts] == [0, 2, 2]
+    assert all(a.verdict.status == S.COMPILE_ERROR and a.verdict.check_id for a in result.attempts)
+    temperatures = [c["temperature"] for c in generator.calls]
+    assert temperatures[1:4] == [attempt_decoding(2, 4, resample=r)[0] for r in range(3)]
+    assert max(temperatures) <= MAX_TEMPERATURE
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("fn main() {}\n", "fn main() {}", True),
+        ("\n\nfn main() {}   \n\n", "fn main() {}", True),
+        ("fn main() {\n    x();  \n}", "fn main() {\n    x();\n}", True),
+        ("fn main() {\n    x();\n}", "fn main() {\n  x();\n}", False),  # indentation is kept
+        ("fn main() { x(); }", "fn main() { y(); }", False),
+    ],
+)
+def test_program_key_ignores_trailing_whitespace_only(a, b, same):
+    assert (program_key(a) == program_key(b)) is same
+
+
+def test_resample_seeds_differ_from_the_attempt_seeds_and_each_other():
+    seeds = {derive_seed(3, n, r) for n in range(2, 6) for r in range(3)}
+    assert len(seeds) == 12
+    assert derive_seed(3, 2, 0) == derive_seed(3, 2)

@@ -135,6 +135,10 @@ def test_an_attempt_becomes_one_row_with_its_verdict_flattened():
         "tests_failed": 0,
         "check_id": "check-2-E0382-E0499-E0382",
         "detail": "",
+        "prompt_seconds": 0.2,
+        "reused_prompt_tokens": 64,
+        "resamples": 1,
+        "resample_seconds": 0.75,
     }
 
 

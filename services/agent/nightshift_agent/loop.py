@@ -4,6 +4,12 @@ Decoding schedule (reproducible for a given task seed): attempt 1 is greedy (tem
 model's first answer is its single best guess; later attempts sample at `retry_temperature` with a
 seed derived from (task seed, attempt number), so retries explore instead of repeating the greedy
 answer, and a rerun with the same seed replays the same episode.
+
+A small model is confident enough about code it has seen that sampling alone often returns the very
+program that already failed (on the 0.5B and the frozen set, half the retries did). Such an answer
+is known to fail and would waste the attempt, so a retry whose program repeats the broken input or
+an earlier attempt's program is sampled again, hotter and with its own derived seed, up to
+`max_resamples` times; the attempt records how many answers it discarded and what they cost.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from nightshift_agent.runtime import Generation
 S = sandbox_pb2
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_TEMPERATURE = 0.7
+DEFAULT_MAX_RESAMPLES = 2
+RESAMPLE_TEMPERATURE_STEP = 0.3  # each resample of a repeated program samples this much hotter
+MAX_TEMPERATURE = 1.3
 DEFAULT_CONTEXT_TOKENS = 4096
 # A busy or restarting sandbox is waited for; any other RPC error ends the episode.
 _RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
@@ -38,6 +47,7 @@ __all__ = [
     "attempt_decoding",
     "derive_seed",
     "first_error_code",
+    "program_key",
     "run_fix_loop",
 ]
 
@@ -84,17 +94,28 @@ class EpisodeResult:
         return any(a == b for a, b in zip(self.error_codes, self.error_codes[1:], strict=False))
 
 
-def derive_seed(seed: int, attempt: int) -> int:
-    """The sampling seed of one attempt: stable across runs and platforms, fits llama.cpp's uint32."""
-    digest = hashlib.sha256(f"{seed}:{attempt}".encode()).digest()
+def derive_seed(seed: int, attempt: int, resample: int = 0) -> int:
+    """The sampling seed of one attempt (and of its n-th resample): stable across runs and platforms,
+    fits llama.cpp's uint32."""
+    key = f"{seed}:{attempt}" if resample == 0 else f"{seed}:{attempt}:{resample}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def attempt_decoding(
-    attempt: int, seed: int, retry_temperature: float = DEFAULT_RETRY_TEMPERATURE
+    attempt: int, seed: int, retry_temperature: float = DEFAULT_RETRY_TEMPERATURE, resample: int = 0
 ) -> tuple[float, int]:
-    """(temperature, seed) of attempt `attempt` (1-based): greedy first, then seeded sampling."""
-    return (0.0 if attempt == 1 else retry_temperature), derive_seed(seed, attempt)
+    """(temperature, seed) of attempt `attempt` (1-based): greedy first, then seeded sampling; the
+    n-th resample of a retry samples n steps hotter (capped) with its own seed."""
+    if attempt == 1:
+        return 0.0, derive_seed(seed, attempt)
+    temperature = min(retry_temperature + resample * RESAMPLE_TEMPERATURE_STEP, MAX_TEMPERATURE)
+    return temperature, derive_seed(seed, attempt, resample)
+
+
+def program_key(code: str) -> str:
+    """A program with trailing whitespace and blank edges removed: equal keys, equal programs."""
+    return "\n".join(line.rstrip() for line in code.strip().splitlines())
 
 
 def first_error_code(verdict: sandbox_pb2.Verdict) -> str:
@@ -126,6 +147,7 @@ async def run_fix_loop(
     context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     retry_temperature: float = DEFAULT_RETRY_TEMPERATURE,
     previous_attempts: Sequence[agent_pb2.Attempt] = (),
+    max_resamples: int = DEFAULT_MAX_RESAMPLES,
 ) -> EpisodeResult:
     """Fix `task` in up to `max_attempts` attempts; `on_attempt` is awaited after each new one.
 
@@ -135,7 +157,9 @@ async def run_fix_loop(
     have been without the interruption.
 
     The prompt budget is the context minus the completion cap. An answer without a usable program is
-    a failed attempt (COMPILE_ERROR with the reason as detail) and costs no sandbox call.
+    a failed attempt (COMPILE_ERROR with the reason as detail) and costs no sandbox call. A retry whose
+    program repeats the input or an earlier attempt's is sampled again (module docstring), at most
+    `max_resamples` times; the last answer stands whatever it is.
     Cancellation propagates; an attempt is reported only once it is complete.
     """
     if max_attempts < 1:
@@ -149,14 +173,27 @@ async def run_fix_loop(
         return result
     for number in range(len(result.attempts) + 1, max_attempts + 1):
         prompt = build_prompt(task, result.attempts, budget=budget, count_tokens=generator.count_tokens)
-        temperature, attempt_seed = attempt_decoding(number, seed, retry_temperature)
-        generation = await generator.generate(
-            prompt.messages, max_tokens=max_tokens, temperature=temperature, seed=attempt_seed
-        )
-        try:
-            code = extract_program(generation.text, cut_off=generation.finish_reason == "length")
-        except ExtractionError as exc:
-            code, verdict = "", S.Verdict(status=S.COMPILE_ERROR, detail=str(exc))
+        known_bad = {program_key(task.source)} | {program_key(a.code) for a in result.attempts if a.code}
+        resamples, resample_seconds = 0, 0.0
+        while True:
+            temperature, attempt_seed = attempt_decoding(number, seed, retry_temperature, resamples)
+            generation = await generator.generate(
+                prompt.messages, max_tokens=max_tokens, temperature=temperature, seed=attempt_seed
+            )
+            try:
+                code, failure = (
+                    extract_program(generation.text, cut_off=generation.finish_reason == "length"),
+                    None,
+                )
+            except ExtractionError as exc:
+                code, failure = "", str(exc)
+            repeated = bool(code) and program_key(code) in known_bad
+            if number == 1 or not repeated or resamples >= max_resamples:
+                break
+            resamples += 1
+            resample_seconds += generation.seconds
+        if failure is not None:
+            verdict = S.Verdict(status=S.COMPILE_ERROR, detail=failure)
         else:
             verdict = await _check(sandbox, check_request(task, code))
         attempt = agent_pb2.Attempt(
@@ -168,8 +205,12 @@ async def run_fix_loop(
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             generate_seconds=generation.seconds,
+            prompt_seconds=generation.prompt_seconds,
+            reused_prompt_tokens=generation.reused_prompt_tokens,
             temperature=temperature,
             seed=attempt_seed,
+            resamples=resamples,
+            resample_seconds=resample_seconds,
         )
         _record(result, attempt)
         if on_attempt is not None:

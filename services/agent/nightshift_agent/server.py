@@ -297,6 +297,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 on_attempt=on_attempt,
                 previous_attempts=list(task.attempts),
                 context_tokens=self.config.n_ctx,
+                max_resamples=self.config.max_resamples,
             )
             await record.finish(A.TASK_PASSED if result.passed else A.TASK_FAILED)
         except asyncio.CancelledError:

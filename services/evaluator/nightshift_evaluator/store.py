@@ -654,6 +654,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 AND first_error_code = previous_error_code""",
         ),
     ),
+    Migration(
+        9,
+        "attempt timing and resamples",
+        (
+            # Where an attempt's generation time goes: prompt evaluation vs decoding (0 for older events).
+            "ALTER TABLE attempts ADD COLUMN prompt_seconds DOUBLE NOT NULL DEFAULT 0",
+            "ALTER TABLE attempts ADD COLUMN reused_prompt_tokens INTEGER NOT NULL DEFAULT 0",
+            # Answers a retry discarded because they repeated a program known to fail, and their cost.
+            "ALTER TABLE attempts ADD COLUMN resamples INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE attempts ADD COLUMN resample_seconds DOUBLE NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 

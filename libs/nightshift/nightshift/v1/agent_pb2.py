@@ -25,53 +25,53 @@ _sym_db = _symbol_database.Default()
 from nightshift.v1 import sandbox_pb2 as nightshift_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nightshift/v1/agent.proto\x12\rnightshift.v1\x1a\x1bnightshift/v1/sandbox.proto\"\xeb\x01\n\x11SubmitTaskRequest\x12\x0f\n\x07koan_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05tests\x18\x03 \x01(\t\x12\x0f\n\x07\x65\x64ition\x18\x04 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12\x12\n\nadapter_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x0e\n\x06run_id\x18\t \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\n \x01(\t\x12&\n\x04mode\x18\x0b \x01(\x0e\x32\x18.nightshift.v1.CheckMode\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xe3\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\'\n\x07verdict\x18\x05 \x01(\x0b\x32\x16.nightshift.v1.Verdict\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12\x18\n\x10generate_seconds\x18\x08 \x01(\x01\x12\x13\n\x0btemperature\x18\t \x01(\x01\x12\x0c\n\x04seed\x18\n \x01(\x04\"\xbd\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.nightshift.v1.TaskState\x12\x0f\n\x07koan_id\x18\x03 \x01(\t\x12(\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x16.nightshift.v1.Attempt\x12\x12\n\nadapter_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"4\n\x0fGetTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.nightshift.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"_\n\x11WatchTaskResponse\x12\'\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x16.nightshift.v1.Attempt\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.nightshift.v1.Task\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.nightshift.v1.Task\"n\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.nightshift.v1.ModelInfo\"\xa3\x02\n\x07\x45pisode\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\x15\n\rattempts_used\x18\x04 \x01(\r\x12\x13\n\x0b\x65rror_codes\x18\x05 \x03(\t\x12\x18\n\x10\x66irst_error_code\x18\x06 \x01(\t\x12\x17\n\x0flast_error_code\x18\x07 \x01(\t\x12\x16\n\x0erepeated_error\x18\x08 \x01(\x08\x12\x12\n\nfinal_code\x18\t \x01(\t\x12\x12\n\nadapter_id\x18\n \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12\x0e\n\x06run_id\x18\x0c \x01(\t\x12(\n\x08\x61ttempts\x18\r \x03(\x0b\x32\x16.nightshift.v1.Attempt\"$\n\x11GetEpisodeRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"=\n\x12GetEpisodeResponse\x12\'\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x16.nightshift.v1.Episode\"S\n\rServedAdapter\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x10\n\x08\x63hampion\x18\x04 \x01(\x08\"\x1b\n\x19ListServedAdaptersRequest\"i\n\x1aListServedAdaptersResponse\x12.\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1c.nightshift.v1.ServedAdapter\x12\x1b\n\x13\x63hampion_adapter_id\x18\x02 \x01(\t*\x80\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTASK_QUEUED\x10\x01\x12\x10\n\x0cTASK_RUNNING\x10\x02\x12\x0f\n\x0bTASK_PASSED\x10\x03\x12\x0f\n\x0bTASK_FAILED\x10\x04\x12\x12\n\x0eTASK_CANCELLED\x10\x05\x32\xd4\x04\n\x05\x41gent\x12Q\n\nSubmitTask\x12 .nightshift.v1.SubmitTaskRequest\x1a!.nightshift.v1.SubmitTaskResponse\x12H\n\x07GetTask\x12\x1d.nightshift.v1.GetTaskRequest\x1a\x1e.nightshift.v1.GetTaskResponse\x12Q\n\nGetEpisode\x12 .nightshift.v1.GetEpisodeRequest\x1a!.nightshift.v1.GetEpisodeResponse\x12P\n\tWatchTask\x12\x1f.nightshift.v1.WatchTaskRequest\x1a .nightshift.v1.WatchTaskResponse0\x01\x12Q\n\nCancelTask\x12 .nightshift.v1.CancelTaskRequest\x1a!.nightshift.v1.CancelTaskResponse\x12Q\n\nListModels\x12 .nightshift.v1.ListModelsRequest\x1a!.nightshift.v1.ListModelsResponse\x12\x63\n\x0cListAdapters\x12(.nightshift.v1.ListServedAdaptersRequest\x1a).nightshift.v1.ListServedAdaptersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nightshift/v1/agent.proto\x12\rnightshift.v1\x1a\x1bnightshift/v1/sandbox.proto\"\xeb\x01\n\x11SubmitTaskRequest\x12\x0f\n\x07koan_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05tests\x18\x03 \x01(\t\x12\x0f\n\x07\x65\x64ition\x18\x04 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12\x12\n\nadapter_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x0e\n\x06run_id\x18\t \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\n \x01(\t\x12&\n\x04mode\x18\x0b \x01(\x0e\x32\x18.nightshift.v1.CheckMode\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xc6\x02\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\'\n\x07verdict\x18\x05 \x01(\x0b\x32\x16.nightshift.v1.Verdict\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12\x18\n\x10generate_seconds\x18\x08 \x01(\x01\x12\x13\n\x0btemperature\x18\t \x01(\x01\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x16\n\x0eprompt_seconds\x18\x0b \x01(\x01\x12\x1c\n\x14reused_prompt_tokens\x18\x0c \x01(\r\x12\x11\n\tresamples\x18\r \x01(\r\x12\x18\n\x10resample_seconds\x18\x0e \x01(\x01\"\xbd\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.nightshift.v1.TaskState\x12\x0f\n\x07koan_id\x18\x03 \x01(\t\x12(\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x16.nightshift.v1.Attempt\x12\x12\n\nadapter_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"4\n\x0fGetTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.nightshift.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"_\n\x11WatchTaskResponse\x12\'\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x16.nightshift.v1.Attempt\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.nightshift.v1.Task\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.nightshift.v1.Task\"n\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.nightshift.v1.ModelInfo\"\xa3\x02\n\x07\x45pisode\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07koan_id\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\x15\n\rattempts_used\x18\x04 \x01(\r\x12\x13\n\x0b\x65rror_codes\x18\x05 \x03(\t\x12\x18\n\x10\x66irst_error_code\x18\x06 \x01(\t\x12\x17\n\x0flast_error_code\x18\x07 \x01(\t\x12\x16\n\x0erepeated_error\x18\x08 \x01(\x08\x12\x12\n\nfinal_code\x18\t \x01(\t\x12\x12\n\nadapter_id\x18\n \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12\x0e\n\x06run_id\x18\x0c \x01(\t\x12(\n\x08\x61ttempts\x18\r \x03(\x0b\x32\x16.nightshift.v1.Attempt\"$\n\x11GetEpisodeRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"=\n\x12GetEpisodeResponse\x12\'\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x16.nightshift.v1.Episode\"S\n\rServedAdapter\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\x10\n\x08\x63hampion\x18\x04 \x01(\x08\"\x1b\n\x19ListServedAdaptersRequest\"i\n\x1aListServedAdaptersResponse\x12.\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1c.nightshift.v1.ServedAdapter\x12\x1b\n\x13\x63hampion_adapter_id\x18\x02 \x01(\t*\x80\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTASK_QUEUED\x10\x01\x12\x10\n\x0cTASK_RUNNING\x10\x02\x12\x0f\n\x0bTASK_PASSED\x10\x03\x12\x0f\n\x0bTASK_FAILED\x10\x04\x12\x12\n\x0eTASK_CANCELLED\x10\x05\x32\xd4\x04\n\x05\x41gent\x12Q\n\nSubmitTask\x12 .nightshift.v1.SubmitTaskRequest\x1a!.nightshift.v1.SubmitTaskResponse\x12H\n\x07GetTask\x12\x1d.nightshift.v1.GetTaskRequest\x1a\x1e.nightshift.v1.GetTaskResponse\x12Q\n\nGetEpisode\x12 .nightshift.v1.GetEpisodeRequest\x1a!.nightshift.v1.GetEpisodeResponse\x12P\n\tWatchTask\x12\x1f.nightshift.v1.WatchTaskRequest\x1a .nightshift.v1.WatchTaskResponse0\x01\x12Q\n\nCancelTask\x12 .nightshift.v1.CancelTaskRequest\x1a!.nightshift.v1.CancelTaskResponse\x12Q\n\nListModels\x12 .nightshift.v1.ListModelsRequest\x1a!.nightshift.v1.ListModelsResponse\x12\x63\n\x0cListAdapters\x12(.nightshift.v1.ListServedAdaptersRequest\x1a).nightshift.v1.ListServedAdaptersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nightshift.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=1904
-  _globals['_TASKSTATE']._serialized_end=2032
+  _globals['_TASKSTATE']._serialized_start=2003
+  _globals['_TASKSTATE']._serialized_end=2131
   _globals['_SUBMITTASKREQUEST']._serialized_start=74
   _globals['_SUBMITTASKREQUEST']._serialized_end=309
   _globals['_SUBMITTASKRESPONSE']._serialized_start=311
   _globals['_SUBMITTASKRESPONSE']._serialized_end=348
   _globals['_ATTEMPT']._serialized_start=351
-  _globals['_ATTEMPT']._serialized_end=578
-  _globals['_TASK']._serialized_start=581
-  _globals['_TASK']._serialized_end=770
-  _globals['_GETTASKREQUEST']._serialized_start=772
-  _globals['_GETTASKREQUEST']._serialized_end=805
-  _globals['_GETTASKRESPONSE']._serialized_start=807
-  _globals['_GETTASKRESPONSE']._serialized_end=859
-  _globals['_WATCHTASKREQUEST']._serialized_start=861
-  _globals['_WATCHTASKREQUEST']._serialized_end=896
-  _globals['_WATCHTASKRESPONSE']._serialized_start=898
-  _globals['_WATCHTASKRESPONSE']._serialized_end=993
-  _globals['_CANCELTASKREQUEST']._serialized_start=995
-  _globals['_CANCELTASKREQUEST']._serialized_end=1031
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1033
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1088
-  _globals['_MODELINFO']._serialized_start=1090
-  _globals['_MODELINFO']._serialized_end=1200
-  _globals['_LISTMODELSREQUEST']._serialized_start=1202
-  _globals['_LISTMODELSREQUEST']._serialized_end=1221
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1223
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1285
-  _globals['_EPISODE']._serialized_start=1288
-  _globals['_EPISODE']._serialized_end=1579
-  _globals['_GETEPISODEREQUEST']._serialized_start=1581
-  _globals['_GETEPISODEREQUEST']._serialized_end=1617
-  _globals['_GETEPISODERESPONSE']._serialized_start=1619
-  _globals['_GETEPISODERESPONSE']._serialized_end=1680
-  _globals['_SERVEDADAPTER']._serialized_start=1682
-  _globals['_SERVEDADAPTER']._serialized_end=1765
-  _globals['_LISTSERVEDADAPTERSREQUEST']._serialized_start=1767
-  _globals['_LISTSERVEDADAPTERSREQUEST']._serialized_end=1794
-  _globals['_LISTSERVEDADAPTERSRESPONSE']._serialized_start=1796
-  _globals['_LISTSERVEDADAPTERSRESPONSE']._serialized_end=1901
-  _globals['_AGENT']._serialized_start=2035
-  _globals['_AGENT']._serialized_end=2631
+  _globals['_ATTEMPT']._serialized_end=677
+  _globals['_TASK']._serialized_start=680
+  _globals['_TASK']._serialized_end=869
+  _globals['_GETTASKREQUEST']._serialized_start=871
+  _globals['_GETTASKREQUEST']._serialized_end=904
+  _globals['_GETTASKRESPONSE']._serialized_start=906
+  _globals['_GETTASKRESPONSE']._serialized_end=958
+  _globals['_WATCHTASKREQUEST']._serialized_start=960
+  _globals['_WATCHTASKREQUEST']._serialized_end=995
+  _globals['_WATCHTASKRESPONSE']._serialized_start=997
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1092
+  _globals['_CANCELTASKREQUEST']._serialized_start=1094
+  _globals['_CANCELTASKREQUEST']._serialized_end=1130
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1132
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1187
+  _globals['_MODELINFO']._serialized_start=1189
+  _globals['_MODELINFO']._serialized_end=1299
+  _globals['_LISTMODELSREQUEST']._serialized_start=1301
+  _globals['_LISTMODELSREQUEST']._serialized_end=1320
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1322
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1384
+  _globals['_EPISODE']._serialized_start=1387
+  _globals['_EPISODE']._serialized_end=1678
+  _globals['_GETEPISODEREQUEST']._serialized_start=1680
+  _globals['_GETEPISODEREQUEST']._serialized_end=1716
+  _globals['_GETEPISODERESPONSE']._serialized_start=1718
+  _globals['_GETEPISODERESPONSE']._serialized_end=1779
+  _globals['_SERVEDADAPTER']._serialized_start=1781
+  _globals['_SERVEDADAPTER']._serialized_end=1864
+  _globals['_LISTSERVEDADAPTERSREQUEST']._serialized_start=1866
+  _globals['_LISTSERVEDADAPTERSREQUEST']._serialized_end=1893
+  _globals['_LISTSERVEDADAPTERSRESPONSE']._serialized_start=1895
+  _globals['_LISTSERVEDADAPTERSRESPONSE']._serialized_end=2000
+  _globals['_AGENT']._serialized_start=2134
+  _globals['_AGENT']._serialized_end=2730
 # @@protoc_insertion_point(module_scope)

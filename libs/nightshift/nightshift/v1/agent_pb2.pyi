@@ -56,7 +56,7 @@ class SubmitTaskResponse(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("number", "prompt", "completion", "code", "verdict", "prompt_tokens", "completion_tokens", "generate_seconds", "temperature", "seed")
+    __slots__ = ("number", "prompt", "completion", "code", "verdict", "prompt_tokens", "completion_tokens", "generate_seconds", "temperature", "seed", "prompt_seconds", "reused_prompt_tokens", "resamples", "resample_seconds")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,10 @@ class Attempt(_message.Message):
     GENERATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REUSED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLES_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     number: int
     prompt: str
     completion: str
@@ -77,7 +81,11 @@ class Attempt(_message.Message):
     generate_seconds: float
     temperature: float
     seed: int
-    def __init__(self, number: _Optional[int] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., code: _Optional[str] = ..., verdict: _Optional[_Union[_sandbox_pb2.Verdict, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    prompt_seconds: float
+    reused_prompt_tokens: int
+    resamples: int
+    resample_seconds: float
+    def __init__(self, number: _Optional[int] = ..., prompt: _Optional[str] = ..., completion: _Optional[str] = ..., code: _Optional[str] = ..., verdict: _Optional[_Union[_sandbox_pb2.Verdict, _Mapping]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., prompt_seconds: _Optional[float] = ..., reused_prompt_tokens: _Optional[int] = ..., resamples: _Optional[int] = ..., resample_seconds: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("task_id", "state", "koan_id", "attempts", "adapter_id", "model", "run_id", "error")
