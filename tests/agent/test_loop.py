@@ -321,7 +321,7 @@ async def test_a_resumed_episode_continues_from_its_recorded_attempts(sandbox):
 
 async def test_a_retry_that_repeats_a_failed_program_is_sampled_again_hotter(sandbox):
     generator = ScriptedGenerator(fenced(STILL_MOVED), fenced(STILL_MOVED + "\n\n"), fenced(KOAN.fix))
-    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=2, seed=9)
+    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=2, seed=9, max_resamples=2)
 
     assert result.passed and result.steps == 2
     first, second = result.attempts
@@ -342,7 +342,7 @@ async def test_a_retry_that_repeats_a_failed_program_is_sampled_again_hotter(san
 
 async def test_a_retry_returning_the_broken_input_unchanged_is_a_repeat_but_attempt_one_is_kept(sandbox):
     generator = ScriptedGenerator(fenced(KOAN.broken), fenced(KOAN.broken), fenced(KOAN.fix))
-    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=2)
+    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=2, max_resamples=1)
 
     first, second = result.attempts
     assert first.resamples == 0 and program_key(first.code) == program_key(KOAN.broken)
@@ -381,3 +381,9 @@ def test_resample_seeds_differ_from_the_attempt_seeds_and_each_other():
     seeds = {derive_seed(3, n, r) for n in range(2, 6) for r in range(3)}
     assert len(seeds) == 12
     assert derive_seed(3, 2, 0) == derive_seed(3, 2)
+
+
+async def test_resampling_is_off_by_default(sandbox):
+    generator = ScriptedGenerator(fenced(STILL_MOVED))
+    result = await run_fix_loop(TASK, generator, sandbox, max_attempts=2)
+    assert len(generator.calls) == 2 and [a.resamples for a in result.attempts] == [0, 0]

@@ -24,7 +24,7 @@ ENV_HELP = """environment:
   NIGHTSHIFT_AGENT_MAX_ATTEMPTS attempts per task unless a request says otherwise (default 5)
   NIGHTSHIFT_AGENT_MAX_RESAMPLES
                                 a retry that repeats a program known to fail is sampled again,
-                                hotter, at most this many times (default 2; 0 turns it off)
+                                hotter, at most this many times (default 0: off)
   NIGHTSHIFT_AGENT_QUEUE        tasks allowed to wait for the model (default 32)
   NIGHTSHIFT_AGENT_MAX_LOADED   model instances kept loaded, keyed by (model, adapter) (default 2)
 """

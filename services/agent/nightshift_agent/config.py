@@ -22,8 +22,9 @@ class AgentConfig:
     n_ctx: int = 4096
     n_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     max_attempts: int = 5
-    # A retry that repeats a program known to fail is sampled again, hotter, at most this many times.
-    max_resamples: int = 2
+    # A retry that repeats a program known to fail is sampled again, hotter, at most this many times
+    # (off by default: see nightshift_agent.loop).
+    max_resamples: int = 0
     # Tasks allowed to wait for the model beyond the one generating; more get RESOURCE_EXHAUSTED.
     queue_size: int = 32
     # Model instances kept loaded, keyed by (model, adapter).
@@ -38,7 +39,7 @@ class AgentConfig:
             n_ctx=env_int("NIGHTSHIFT_AGENT_N_CTX", 4096),
             n_threads=env_int("NIGHTSHIFT_AGENT_THREADS", os.cpu_count() or 2),
             max_attempts=env_int("NIGHTSHIFT_AGENT_MAX_ATTEMPTS", 5),
-            max_resamples=env_int("NIGHTSHIFT_AGENT_MAX_RESAMPLES", 2),
+            max_resamples=env_int("NIGHTSHIFT_AGENT_MAX_RESAMPLES", 0),
             queue_size=env_int("NIGHTSHIFT_AGENT_QUEUE", 32),
             max_loaded=env_int("NIGHTSHIFT_AGENT_MAX_LOADED", 2),
         )
