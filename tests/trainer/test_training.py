@@ -284,8 +284,9 @@ def test_dpo_starts_at_log2_and_learns_to_prefer_the_chosen_answer(tiny_model, t
         work_dir=tmp_path,
         on_progress=reports.append,
     )
-    # the first step's policy is its own reference: every margin is 0
-    assert reports[0].loss == pytest.approx(math.log(2), abs=1e-6)
+    # the first step's policy is its own reference: every margin is 0, up to float32 rounding (the two
+    # forward passes batch differently; on AVX-512 CPUs the loss came out 2e-6 below log 2)
+    assert reports[0].loss == pytest.approx(math.log(2), abs=1e-5)
     assert result.final_loss < math.log(2) - 0.05, [r.loss for r in reports]
     assert any(t.abs().max() > 0 for k, t in adapter_tensors(result.peft_dir).items() if "lora_B" in k)
 
