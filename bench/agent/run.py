@@ -30,50 +30,35 @@ from nightshift.models import DEFAULT_MODEL, ModelStore
 from nightshift.natsserver import NatsServer
 from nightshift.v1 import agent_pb2, agent_pb2_grpc, sandbox_pb2
 from nightshift_agent.config import AgentConfig
+from nightshift_agent.runtime import Generation
 from nightshift_agent.server import start as start_agent
 from nightshift_sandbox.config import SandboxConfig
 from nightshift_sandbox.server import start as start_sandbox
 from rich.console import Console
 from rich.table import Table
-from runtime import direct_completion  # bench/agent/runtime.py, beside this script
+from runtime import direct_completion, direct_llama, generation_rates  # bench/agent/runtime.py
 
 A = agent_pb2
 
 
 def agent_rates(attempt: agent_pb2.Attempt) -> dict:
-    """Prompt and decode tokens/s of one recorded attempt (decode steps: every token after the first)."""
-    evaluated = attempt.prompt_tokens - attempt.reused_prompt_tokens
-    decode_seconds = attempt.generate_seconds - attempt.prompt_seconds
-    return {
-        "prompt_tokens": attempt.prompt_tokens,
-        "evaluated_prompt_tokens": evaluated,
-        "prompt_seconds": attempt.prompt_seconds,
-        "prompt_tokens_per_second": evaluated / attempt.prompt_seconds if attempt.prompt_seconds > 0 else 0.0,
-        "completion_tokens": attempt.completion_tokens,
-        "decode_seconds": decode_seconds,
-        "decode_tokens_per_second": (attempt.completion_tokens - 1) / decode_seconds
-        if attempt.completion_tokens > 1 and decode_seconds > 0
-        else 0.0,
-    }
-
-
-class DirectLlama:
-    """llama-cpp-python used the way its README shows: one Llama, create_chat_completion, cache reset."""
-
-    def __init__(self, model_path: Path, n_ctx: int, n_threads: int):
-        from llama_cpp import Llama
-
-        self.llama = Llama(
-            model_path=str(model_path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            verbose=False,
+    """Prompt and decode figures of one recorded attempt, by the runtime's own definitions."""
+    return generation_rates(
+        Generation(
+            text=attempt.completion,
+            prompt_tokens=attempt.prompt_tokens,
+            completion_tokens=attempt.completion_tokens,
+            seconds=attempt.generate_seconds,
+            finish_reason="",
+            prompt_seconds=attempt.prompt_seconds,
+            reused_prompt_tokens=attempt.reused_prompt_tokens,
         )
+    )
 
-    def complete(self, attempt: agent_pb2.Attempt, max_tokens: int) -> dict:
-        """The attempt's prompt, greedy, timed to the first streamed chunk (prompt) and to the end."""
-        return direct_completion(self.llama, messages_for(attempt.prompt), max_tokens, attempt.prompt_tokens)
+
+def direct_rates(llama, attempt: agent_pb2.Attempt, max_tokens: int) -> dict:
+    """The attempt's prompt through create_chat_completion, greedy, timed as in runtime.py."""
+    return direct_completion(llama, messages_for(attempt.prompt), max_tokens, attempt.prompt_tokens)
 
 
 async def run_agent(
@@ -83,7 +68,7 @@ async def run_agent(
 
     Returns the tasks, the agent's wall time (the direct calls excluded) and the paired measurements."""
     config = AgentConfig()
-    direct = DirectLlama(ModelStore().resolve(model), config.n_ctx, config.n_threads) if n_direct else None
+    direct = direct_llama(ModelStore().resolve(model), config) if n_direct else None
     pairs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         nats = NatsServer(Path(tmp) / "nats").start()
@@ -128,7 +113,7 @@ async def run_agent(
                     if direct is not None and len(pairs) < n_direct and task.attempts:
                         first = task.attempts[0]
                         mine = agent_rates(first)
-                        theirs = await asyncio.to_thread(direct.complete, first, first.completion_tokens)
+                        theirs = await asyncio.to_thread(direct_rates, direct, first, first.completion_tokens)
                         pairs.append({"koan_id": koan_id, "agent": mine, "direct": theirs})
                         line += "  decode {:.1f} vs {:.1f} tok/s, prompt {:.0f} vs {:.0f}".format(
                             mine["decode_tokens_per_second"],

@@ -24,7 +24,7 @@ from nightshift.corpus import Corpus
 from nightshift.models import DEFAULT_MODEL, ModelStore
 from nightshift_agent.config import AgentConfig
 from nightshift_agent.prompts import FixTask, build_prompt, completion_cap
-from nightshift_agent.runtime import LlamaGenerator
+from nightshift_agent.runtime import Generation, LlamaGenerator
 from rich.console import Console
 from rich.table import Table
 
@@ -52,8 +52,21 @@ def direct_completion(llama, messages: list[dict], max_tokens: int, prompt_token
     }
 
 
-def agent_completion(generator: LlamaGenerator, messages: list[dict], max_tokens: int) -> dict:
-    g = generator.generate(messages, max_tokens=max_tokens, temperature=0.0, seed=1)
+def direct_llama(model_path: Path, config: AgentConfig):
+    """A plain llama-cpp-python instance with the agent's context size and threads."""
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=str(model_path),
+        n_ctx=config.n_ctx,
+        n_threads=config.n_threads,
+        n_threads_batch=config.n_threads,
+        verbose=False,
+    )
+
+
+def generation_rates(g: Generation) -> dict:
+    """Prompt and decode figures of one agent generation (Generation's own rate definitions)."""
     return {
         "prompt_tokens": g.prompt_tokens,
         "reused_prompt_tokens": g.reused_prompt_tokens,
@@ -63,6 +76,10 @@ def agent_completion(generator: LlamaGenerator, messages: list[dict], max_tokens
         "decode_seconds": g.seconds - g.prompt_seconds,
         "decode_tokens_per_second": g.completion_tokens_per_second,
     }
+
+
+def agent_completion(generator: LlamaGenerator, messages: list[dict], max_tokens: int) -> dict:
+    return generation_rates(generator.generate(messages, max_tokens=max_tokens, temperature=0.0, seed=1))
 
 
 def main() -> int:
@@ -75,19 +92,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).parents[1] / "results" / "agent-runtime.json"))
     args = parser.parse_args()
     import llama_cpp
-    from llama_cpp import Llama
 
     console = Console()
     config = AgentConfig()
     path = ModelStore().resolve(args.model)
     generator = LlamaGenerator(path, n_ctx=config.n_ctx, n_threads=config.n_threads)
-    direct = Llama(
-        model_path=str(path),
-        n_ctx=config.n_ctx,
-        n_threads=config.n_threads,
-        n_threads_batch=config.n_threads,
-        verbose=False,
-    )
+    direct = direct_llama(path, config)
     pairs = []
     for koan in Corpus.load().koans(args.set)[: args.koans]:
         task = FixTask.from_koan(koan)

@@ -71,9 +71,15 @@ def query(stub, sql: str) -> list[dict]:
     return [dict(zip(reply.columns, map(value, row.values), strict=True)) for row in reply.rows]
 
 
+def checked_id(value: str, name: str) -> str:
+    """A run or cycle id as the evaluator makes them (letters, digits, dashes): safe to quote in SQL."""
+    if not value.replace("-", "").isalnum():
+        raise SystemExit(f"{name}: {value!r} is not an id")
+    return value
+
+
 def run_cost(stub, run_id: str) -> dict:
-    if not run_id.replace("-", "").isalnum():
-        raise SystemExit(f"RUN: {run_id!r} is not a run id")
+    run_id = checked_id(run_id, "RUN")
     rows = query(stub, RUN_SQL.format(run=run_id))
     if not rows:
         raise SystemExit(f"RUN: no evaluation run {run_id}")
@@ -114,6 +120,8 @@ def main() -> int:
     args = parser.parse_args()
     if not args.runs and not args.cycle:
         parser.error("give at least one RUN or --cycle")
+    if args.cycle:
+        checked_id(args.cycle, "--cycle")
     console = Console(width=max(Console().width, 120))
     with grpc.insecure_channel(service_addr("evaluator")) as channel:
         stub = evaluator_pb2_grpc.EvaluatorStub(channel)

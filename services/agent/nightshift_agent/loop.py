@@ -183,10 +183,8 @@ async def run_fix_loop(
                 prompt.messages, max_tokens=max_tokens, temperature=temperature, seed=attempt_seed
             )
             try:
-                code, failure = (
-                    extract_program(generation.text, cut_off=generation.finish_reason == "length"),
-                    None,
-                )
+                code = extract_program(generation.text, cut_off=generation.finish_reason == "length")
+                failure = None
             except ExtractionError as exc:
                 code, failure = "", str(exc)
             repeated = bool(code) and program_key(code) in known_bad
