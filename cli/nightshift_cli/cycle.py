@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from nightshift.v1 import evaluator_pb2, evaluator_pb2_grpc
 from rich.console import Console
 
+from nightshift_cli.evaluation import count_within
 from nightshift_cli.rpc import channel, explain
 from nightshift_cli.trainer import parse_pairs
 
@@ -52,6 +53,8 @@ def cmd_cycle(args) -> int:
         day_set=args.day_set or "",
         eval_family=args.family or "",
         policy=parse_pairs(args.policy, "--policy"),
+        day_max_attempts=args.day_max_attempts,
+        fresh=args.fresh,
     )
     console = Console(stderr=True)
     with channel("evaluator") as ch:
@@ -149,13 +152,28 @@ def add_parsers(sub) -> None:
         description="Runs through the services; the evaluator records every phase as an event, so a cycle "
         "run survives restarts of any service (`--resume ID` follows it again). Exit 0 when it finished.",
     )
-    cycle.add_argument("--cycles", type=int, default=1, help="rounds of day -> night -> dawn (default 1)")
+    cycle.add_argument(
+        "--cycles", type=count_within(2**32 - 1), default=1, help="rounds of day -> night -> dawn (default 1)"
+    )
     cycle.add_argument("--recipe", choices=["naive", "replay", "rehearsal", "dpo"], help="default replay")
     cycle.add_argument("--preset", help="training preset (default: cpu-lora, or dpo for --recipe dpo)")
     cycle.add_argument("--model", help="default: the services' model")
-    cycle.add_argument("--repeats", type=int, default=0, help="seeds per dawn evaluation (default 1)")
-    cycle.add_argument("--max-attempts", type=int, default=0, help="attempts per task (default 3; --quick 1)")
-    cycle.add_argument("--seed", type=int, default=0)
+    cycle.add_argument(
+        "--repeats", type=count_within(2**32 - 1), default=0, help="seeds per dawn evaluation (default 1)"
+    )
+    cycle.add_argument(
+        "--max-attempts",
+        type=count_within(2**32 - 1),
+        default=0,
+        help="attempts per task (default 3; --quick 1)",
+    )
+    cycle.add_argument(
+        "--day-max-attempts",
+        type=count_within(2**32 - 1),
+        default=0,
+        help="attempts per task by day (default --max-attempts)",
+    )
+    cycle.add_argument("--seed", type=count_within(2**64 - 1), default=0)
     cycle.add_argument("--day-set", help="koans worked by day (default train; --quick smoke)")
     cycle.add_argument("--family", help="restrict the dawn evaluations to one family")
     cycle.add_argument(
@@ -163,6 +181,12 @@ def add_parsers(sub) -> None:
     )
     cycle.add_argument("--param", action="append", metavar="KEY=VALUE", help="recipe parameter")
     cycle.add_argument("--policy", action="append", metavar="KEY=VALUE", help="gate policy override")
+    cycle.add_argument(
+        "--fresh",
+        action="store_true",
+        help="evaluate the champion and work the day even when a finished run (a baseline, an earlier "
+        "cycle, a restored archive) already measured the same koans, adapter, model, seed and attempts",
+    )
     cycle.add_argument(
         "--quick",
         action="store_true",

@@ -175,7 +175,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return _with_evaluator(run)
 
 
-def _count(limit: int) -> Callable[[str], int]:
+def count_within(limit: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if not 0 <= value <= limit:
@@ -201,10 +201,13 @@ def add_parsers(sub) -> None:
         default="champion",
         help="adapter id, `none` for the base model, or `champion` (default: the champion served now)",
     )
-    evaluate.add_argument("--repeats", type=_count(10), default=1, help="runs per koan, seeds S..S+N-1")
-    evaluate.add_argument("--seed", type=_count(2**64 - 1), default=0, help="seed of the first repeat")
+    evaluate.add_argument("--repeats", type=count_within(10), default=1, help="runs per koan, seeds S..S+N-1")
+    evaluate.add_argument("--seed", type=count_within(2**64 - 1), default=0, help="seed of the first repeat")
     evaluate.add_argument(
-        "--max-attempts", type=_count(10), default=0, help="attempts per koan (default: the evaluator's, 3)"
+        "--max-attempts",
+        type=count_within(10),
+        default=0,
+        help="attempts per koan (default: the evaluator's, 3)",
     )
     evaluate.add_argument("--model", help="model name (default: the agent's)")
     evaluate.add_argument("--detach", action="store_true", help="print the run id and return at once")

@@ -16,7 +16,7 @@ from nightshift.v1 import evaluator_pb2, evaluator_pb2_grpc, sandbox_pb2, sandbo
 from rich.console import Console
 from rich.table import Table
 
-from nightshift_cli import agent, cycle, evaluation, export, koans, models, trainer
+from nightshift_cli import agent, archive, cycle, evaluation, export, koans, models, trainer
 from nightshift_cli.rpc import CliError, channel, explain, health, read_rust_file
 from nightshift_cli.stack import SERVICES, installed_services, run_stack
 
@@ -25,7 +25,11 @@ console = Console()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    return run_stack(Path(args.data_dir).expanduser() if args.data_dir else data_dir(), console)
+    return run_stack(
+        Path(args.data_dir).expanduser() if args.data_dir else data_dir(),
+        console,
+        restore=[Path(p).expanduser() for p in args.restore or []],
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -137,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start nats-server and every service; Ctrl-C stops them")
     up.add_argument("--data-dir", help="where the stack keeps its data (default: NIGHTSHIFT_DATA_DIR)")
+    up.add_argument(
+        "--restore",
+        action="append",
+        metavar="FILE",
+        help="publish this event archive (`nightshift archive save`) into JetStream before the services "
+        "start; events already there are skipped (repeatable)",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="health of every service")
@@ -173,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_parsers(sub)
     cycle.add_parsers(sub)
     export.add_parsers(sub)
+    archive.add_parsers(sub)
     return parser
 
 

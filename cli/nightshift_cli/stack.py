@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import signal
@@ -16,6 +17,8 @@ from nightshift.config import DEFAULT_ADDRS, nats_url, service_addr
 from nightshift.natsserver import NatsServer
 from rich.console import Console
 
+from nightshift_cli.archive import read_archive
+from nightshift_cli.archive import restore as restore_archives
 from nightshift_cli.rpc import CliError, health
 
 # Services in start order; a service runs when its package is installed.
@@ -34,8 +37,13 @@ def installed_services() -> list[str]:
     return [s for s in SERVICES if importlib.util.find_spec(f"nightshift_{s}") is not None]
 
 
-def run_stack(data_dir: Path, console: Console, timeout: float = 60.0) -> int:
-    """Start everything, wait for health, print what to try, and stop cleanly on Ctrl-C / SIGTERM."""
+def run_stack(
+    data_dir: Path, console: Console, timeout: float = 60.0, restore: list[Path] | None = None
+) -> int:
+    """Start everything, wait for health, print what to try, and stop cleanly on Ctrl-C / SIGTERM.
+
+    `restore`: event archives published into JetStream after it starts and before any service does.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -56,8 +64,13 @@ def run_stack(data_dir: Path, console: Console, timeout: float = 60.0) -> int:
         services = installed_services()
         if "agent" in services:
             _ensure_model(console)
+        if restore:
+            for path in restore:  # a bad archive stops the start before anything runs
+                read_archive(path)
         with console.status("starting nats-server (JetStream)"):
             nats.start()
+        if restore:
+            asyncio.run(restore_archives(nats.url, restore, console))
         env = {**os.environ, "NIGHTSHIFT_DATA_DIR": str(data_dir), "NIGHTSHIFT_NATS_URL": nats.url}
         for name in services:
             addr = service_addr(name)

@@ -27,6 +27,7 @@ from nightshift.v1 import (
     events_pb2,
     sandbox_pb2,
     trainer_pb2,
+    trainer_pb2_grpc,
 )
 from nightshift_evaluator.config import EvaluatorConfig
 from nightshift_evaluator.server import start as start_evaluator
@@ -332,5 +333,89 @@ async def test_bad_cycle_requests_name_the_field(world):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.GetCycle(E.GetCycleRequest(cycle_id="ghost"))
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await evaluator.stop()
+
+
+async def wait_for_run(stub, run_id: str, timeout: float = 60.0) -> E.EvaluationSummary:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        summary = (await stub.GetEvaluation(E.GetEvaluationRequest(run_id=run_id))).summary
+        if summary.finished:
+            return summary
+        assert asyncio.get_running_loop().time() < deadline, f"run {run_id} still running"
+        await asyncio.sleep(0.2)
+
+
+async def test_finished_runs_that_measured_the_same_thing_are_reused_unless_fresh(world):
+    bus, agent, config = world
+    evaluator = await start_evaluator(config)
+    one = E.StartCycleRequest()
+    one.CopyFrom(REQUEST)
+    one.cycles = 1
+    try:
+        async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+            stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+            # The base model's baselines, measured before any cycle with the dawn's settings.
+            baseline = {}
+            for koan_set in ("frozen", "heldout"):
+                run_id = (
+                    await stub.StartEvaluation(
+                        E.StartEvaluationRequest(
+                            koan_set=koan_set,
+                            family="mutability",
+                            adapter_id="none",
+                            max_attempts=2,
+                            model=MODEL,
+                        )
+                    )
+                ).run_id
+                baseline[koan_set] = (await wait_for_run(stub, run_id)).run_id
+
+            first = await wait_for_cycle(stub, (await stub.StartCycle(one)).cycle_id)
+            assert first.state == "done", first.error
+            (r1,) = first.rounds
+            assert (r1.champion_frozen_run_id, r1.champion_heldout_run_id) == (
+                baseline["frozen"],
+                baseline["heldout"],
+            )
+            assert r1.candidate_frozen_run_id not in baseline.values()
+            assert r1.decision.promote, r1.decision.reasons
+
+            # Base is no longer champion, so a second cycle from base would differ: roll back first.
+            async with grpc.aio.insecure_channel(config.trainer_addr) as trainer_channel:
+                await trainer_pb2_grpc.TrainerStub(trainer_channel).RollbackAdapter(
+                    trainer_pb2.RollbackAdapterRequest(model=MODEL, reason="test")
+                )
+            deadline = asyncio.get_running_loop().time() + 30
+            while agent.champion:
+                assert asyncio.get_running_loop().time() < deadline, "rollback not followed"
+                await asyncio.sleep(0.1)
+
+            # Same settings: the day's run is the first cycle's, the champion's runs are the baselines.
+            fewer = E.StartCycleRequest()
+            fewer.CopyFrom(one)
+            fewer.day_max_attempts = 1
+            again = E.StartCycleRequest()
+            again.CopyFrom(one)
+            second = await wait_for_cycle(stub, (await stub.StartCycle(again)).cycle_id)
+            (r2,) = second.rounds
+            assert r2.day_run_id == r1.day_run_id
+            assert r2.champion_frozen_run_id == baseline["frozen"]
+            assert r2.candidate_frozen_run_id != r1.candidate_frozen_run_id
+
+            # One attempt by day is another measurement; --fresh measures everything again.
+            third = await wait_for_cycle(stub, (await stub.StartCycle(fewer)).cycle_id)
+            (r3,) = third.rounds
+            assert r3.day_run_id not in (r1.day_run_id, "")
+            day = (await stub.GetEvaluation(E.GetEvaluationRequest(run_id=r3.day_run_id))).summary
+            assert day.max_attempts == 1
+            fresh = E.StartCycleRequest()
+            fresh.CopyFrom(one)
+            fresh.fresh = True
+            fourth = await wait_for_cycle(stub, (await stub.StartCycle(fresh)).cycle_id)
+            (r4,) = fourth.rounds
+            assert r4.day_run_id != r1.day_run_id
+            assert r4.champion_frozen_run_id not in (baseline["frozen"], "")
     finally:
         await evaluator.stop()

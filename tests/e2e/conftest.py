@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 
 import pytest
 from nightshift.natsserver import free_port
-from stackrun import NIGHTSHIFT, ROOT
+from stackrun import start_up
 
 
 @pytest.fixture
@@ -22,19 +20,7 @@ def stack(tmp_path):
         "NIGHTSHIFT_AGENT_ADDR": f"127.0.0.1:{free_port()}",
         "NIGHTSHIFT_TRAINER_ADDR": f"127.0.0.1:{free_port()}",
     }
-    with open(tmp_path / "up.log", "w") as log:
-        up = subprocess.Popen(
-            [*NIGHTSHIFT, "up", "--data-dir", str(tmp_path / "data")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    deadline = time.monotonic() + 120
-    while "nightshift is up" not in (tmp_path / "up.log").read_text():
-        assert up.poll() is None, (tmp_path / "up.log").read_text()
-        assert time.monotonic() < deadline, "stack did not come up: " + (tmp_path / "up.log").read_text()
-        time.sleep(0.3)
+    up = start_up(env, tmp_path / "data", tmp_path / "up.log")
     yield env, up, tmp_path
     if up.poll() is None:
         up.send_signal(signal.SIGTERM)

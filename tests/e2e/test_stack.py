@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from stackrun import ROOT, run
+from stackrun import ROOT, run, start_up
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +50,43 @@ def test_check_a_broken_file_and_query_its_verdict(stack):
     assert report["attempts"][0]["verdict"]["status"] in ("OK", "COMPILE_ERROR", "TEST_FAILED")
     assert (ROOT / "examples" / "use_after_move.rs").read_text() == before
 
+    # The event log leaves with the archive; a new store restored from it holds the same checks and episode.
+    saved = run(env, "archive", "save", str(tmp_path / "events.jsonl.gz"))
+    assert saved.returncode == 0, saved.stderr
+    assert "SANDBOX" in saved.stdout and "EPISODES" in saved.stdout
+    projected = "select event_id, type, stream from projected_events order by event_id"
+    episodes = "select event_id, occurred_at, task_id, passed, steps, final_code from episodes"
+
+    def snapshot():
+        return [
+            json.loads(run(env, "query", q, "--format", "json", "--max-rows", "10000", check=True).stdout)
+            for q in (projected, episodes, sql)
+        ]
+
+    before, deadline = snapshot(), time.monotonic() + 30
+    while len(before[1]) != 1 or snapshot() != before:  # the projection has caught up
+        assert time.monotonic() < deadline, before
+        time.sleep(0.5)
+        before = snapshot()
+    assert before[2][0]["n"] >= 2 and len(before[0]) >= 5
+
     up.send_signal(signal.SIGTERM)
     assert up.wait(timeout=60) == 0
     assert run(env, "status").returncode == 1  # everything stopped
+
+    restored = start_up(
+        env,
+        tmp_path / "data-restored",
+        tmp_path / "up-restored.log",
+        "--restore",
+        str(tmp_path / "events.jsonl.gz"),
+    )
+    try:
+        assert "events published, 0 already there" in (tmp_path / "up-restored.log").read_text()
+        deadline = time.monotonic() + 30
+        while (after := snapshot()) != before:
+            assert time.monotonic() < deadline, (after, before)
+            time.sleep(0.5)
+    finally:
+        restored.send_signal(signal.SIGTERM)
+        assert restored.wait(timeout=60) == 0

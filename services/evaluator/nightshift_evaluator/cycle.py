@@ -12,8 +12,10 @@ Every phase is recorded as CyclePhaseStarted / CyclePhaseCompleted events, each 
 event id, and every step finds the work it would create before creating it: the day run and the dawn
 runs by their correlation ids, the night's job by its TrainingJobRequested, the gate decision by its
 GateDecided. So a saga cut short by a restart of any service resumes where it stopped, without redoing
-finished work and without duplicate events. The champion's evaluations are reused from the round before
-when they measured the same adapter with the same settings.
+finished work and without duplicate events. The champion's evaluations and the day's run are not run again
+when a finished run already measured the same thing (same koans, adapter, model, seed, repeats and
+attempts; EvaluationRuns.finished_match): the round before, an earlier cycle, or a baseline evaluation,
+also one restored from an event archive. `fresh` turns that off; candidates are always evaluated.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def normalised(request: E.StartCycleRequest) -> E.StartCycleRequest:
             "the day works the train pool, never an evaluation set",
         )
     r.max_attempts = r.max_attempts or 3
+    r.day_max_attempts = r.day_max_attempts or r.max_attempts
     r.repeats = r.repeats or 1
     return r
 
@@ -451,19 +454,23 @@ class CycleSaga:
         corr = correlation(cycle.cycle_id, n, what)
         run = next((r for r in self.runs.runs.values() if r.request.correlation_id == corr), None)
         if run is None:
-            run_id = await self.runs.start_run(
-                E.StartEvaluationRequest(
-                    koan_set=koan_set,
-                    family=family,
-                    adapter_id=adapter_id or "none",
-                    repeats=1 if what == "day" else request.repeats,
-                    seed=seed,
-                    max_attempts=request.max_attempts,
-                    model=request.model,
-                    correlation_id=corr,
-                )
+            wanted = E.StartEvaluationRequest(
+                koan_set=koan_set,
+                family=family,
+                adapter_id=adapter_id or "none",
+                repeats=1 if what == "day" else request.repeats,
+                seed=seed,
+                max_attempts=request.day_max_attempts if what == "day" else request.max_attempts,
+                model=request.model,
+                correlation_id=corr,
             )
-            run = self.runs.find(run_id)
+            # A candidate is new by definition; the champion's and the day's work may be measured already.
+            if not request.fresh and not what.startswith("candidate"):
+                run = await self.runs.finished_match(wanted)
+                if run is not None:
+                    log.info("cycle %s round %d: %s reuses run %s", cycle.cycle_id, n, what, run.run_id)
+                    return run.run_id
+            run = self.runs.find(await self.runs.start_run(wanted))
         while not run.finished:
             changed = run.changed()
             if run.finished:

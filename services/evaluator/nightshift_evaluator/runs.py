@@ -482,6 +482,29 @@ class EvaluationRuns:
         self._drive(run)
         return run_id
 
+    async def finished_match(self, request: E.StartEvaluationRequest) -> Run | None:
+        """The earliest finished run that measured exactly what `request` asks, or None.
+
+        Exactly: the same set and family with the same koans in the corpus now, the same adapter (an
+        id or "none"; "champion" never matches, it names no adapter), model, seed, repeats and attempts.
+        Decoding is deterministic for those settings, so such a run is that measurement.
+        """
+        normal = normalised_request(request)
+        if normal.adapter_id == CHAMPION:
+            return None
+        koan_ids = [k.id for k in select_koans(await self._corpus(), normal.koan_set, normal.family)]
+        for run in self.runs.values():
+            r = run.request
+            if (
+                run.finished
+                and run.koan_ids == koan_ids
+                and (r.koan_set, r.family, r.adapter_id, r.model)
+                == (normal.koan_set, normal.family, normal.adapter_id, normal.model)
+                and (r.seed, r.repeats, r.max_attempts) == (normal.seed, normal.repeats, normal.max_attempts)
+            ):
+                return run
+        return None
+
     def find(self, run_id: str) -> Run:
         """The run of an id, or of "latest" the most recently started unfinished run."""
         if not run_id:

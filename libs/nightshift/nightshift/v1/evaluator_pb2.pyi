@@ -254,7 +254,7 @@ class DecideGateResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[GateDecision, _Mapping]] = ...) -> None: ...
 
 class StartCycleRequest(_message.Message):
-    __slots__ = ("cycles", "recipe", "preset", "model", "repeats", "quick", "overrides", "recipe_parameters", "max_attempts", "seed", "day_set", "eval_family", "policy")
+    __slots__ = ("cycles", "recipe", "preset", "model", "repeats", "quick", "overrides", "recipe_parameters", "max_attempts", "seed", "day_set", "eval_family", "policy", "day_max_attempts", "fresh")
     class OverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +289,8 @@ class StartCycleRequest(_message.Message):
     DAY_SET_FIELD_NUMBER: _ClassVar[int]
     EVAL_FAMILY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    DAY_MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
     cycles: int
     recipe: str
     preset: str
@@ -302,7 +304,9 @@ class StartCycleRequest(_message.Message):
     day_set: str
     eval_family: str
     policy: _containers.ScalarMap[str, str]
-    def __init__(self, cycles: _Optional[int] = ..., recipe: _Optional[str] = ..., preset: _Optional[str] = ..., model: _Optional[str] = ..., repeats: _Optional[int] = ..., quick: _Optional[bool] = ..., overrides: _Optional[_Mapping[str, str]] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., max_attempts: _Optional[int] = ..., seed: _Optional[int] = ..., day_set: _Optional[str] = ..., eval_family: _Optional[str] = ..., policy: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    day_max_attempts: int
+    fresh: bool
+    def __init__(self, cycles: _Optional[int] = ..., recipe: _Optional[str] = ..., preset: _Optional[str] = ..., model: _Optional[str] = ..., repeats: _Optional[int] = ..., quick: _Optional[bool] = ..., overrides: _Optional[_Mapping[str, str]] = ..., recipe_parameters: _Optional[_Mapping[str, str]] = ..., max_attempts: _Optional[int] = ..., seed: _Optional[int] = ..., day_set: _Optional[str] = ..., eval_family: _Optional[str] = ..., policy: _Optional[_Mapping[str, str]] = ..., day_max_attempts: _Optional[int] = ..., fresh: _Optional[bool] = ...) -> None: ...
 
 class StartCycleResponse(_message.Message):
     __slots__ = ("cycle_id",)

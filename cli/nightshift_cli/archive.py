@@ -1,0 +1,131 @@
+"""`nightshift archive save|load|show`: the stack's event log as one file, and back (nightshift.archive)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+from nightshift import archive
+from nightshift.bus import EventBus
+from nightshift.config import nats_url
+from nightshift.events import STREAMS
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nightshift_cli.rpc import CliError
+
+console = Console()
+
+
+async def _connect(url: str) -> EventBus:
+    try:
+        return await EventBus.connect(url, name="nightshift-archive", connect_timeout=5.0)
+    except Exception as exc:
+        raise CliError(f"cannot reach NATS at {url} ({exc}); is the stack up (`nightshift up`)?") from None
+
+
+def read_archive(path: Path) -> tuple[dict, list[archive.Record]]:
+    try:
+        return archive.read(path)
+    except archive.ArchiveError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def restore(url: str, paths: list[Path], out: Console) -> archive.LoadResult:
+    """Publish the archives' events into the JetStream at `url` (events already there are skipped)."""
+    loaded = [(path, read_archive(path)[1]) for path in paths]
+    bus = await _connect(url)
+    total = archive.LoadResult()
+    try:
+        for path, records in loaded:
+            with Progress(
+                TextColumn(f"restoring {path.name}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=out,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("events", total=len(records))
+                result = await archive.load(
+                    bus, records, lambda done, _n, task=task: bar.update(task, completed=done)
+                )
+            out.print(
+                f"{path}: {result.total_published} events published, {result.total_skipped} already there",
+                highlight=False,
+            )
+            for stream in STREAMS:
+                total.published[stream] = total.published.get(stream, 0) + result.published.get(stream, 0)
+                total.skipped[stream] = total.skipped.get(stream, 0) + result.skipped.get(stream, 0)
+    finally:
+        await bus.close()
+    return total
+
+
+async def _save(url: str, path: Path, streams: list[str] | None) -> dict[str, int]:
+    bus = await _connect(url)
+    try:
+        return await archive.save(bus, path, streams)
+    except archive.ArchiveError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        await bus.close()
+
+
+def cmd_save(args) -> int:
+    path = Path(args.file).expanduser()
+    with console.status(f"reading every event from {nats_url()}"):
+        counts = asyncio.run(_save(nats_url(), path, args.stream))
+    summary = ", ".join(f"{stream} {n}" for stream, n in counts.items())
+    console.print(
+        f"wrote {sum(counts.values())} events ({path.stat().st_size:,} bytes) to {path}: {summary}",
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_load(args) -> int:
+    asyncio.run(restore(nats_url(), [Path(p).expanduser() for p in args.file], console))
+    return 0
+
+
+def cmd_show(args) -> int:
+    header, records = read_archive(Path(args.file).expanduser())
+    types = Counter((r.stream, r.envelope.type) for r in records)
+    table = Table(title=f"{args.file}: {len(records)} events, saved {header.get('saved_at', '?')}")
+    for column in ("stream", "type", "events"):
+        table.add_column(column, justify="right" if column == "events" else "left")
+    for (stream, kind), n in sorted(types.items()):
+        table.add_row(stream, kind.rsplit(".", 1)[-1], str(n))
+    console.print(table)
+    if records:
+        first, last = records[0].envelope.occurred_at, records[-1].envelope.occurred_at
+        console.print(f"from {first.ToJsonString()} to {last.ToJsonString()}", highlight=False)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    parser = sub.add_parser(
+        "archive",
+        help="save the stack's event log to one file, or load one back (carry runs to another store)",
+        description="The event log is what every service rebuilds its state from. `save` writes every "
+        "event of the running stack's JetStream (gzip'd JSON lines); `load` publishes an archive's events "
+        "into JetStream, skipping those already there; load it before the services start, which `nightshift "
+        "up --restore FILE` does, so they rebuild runs, tables, the registry and cycles from it. Adapter "
+        "files are not in the archive.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    save = verbs.add_parser("save", help="write every event of the running stack to FILE")
+    save.add_argument("file", metavar="FILE", help="e.g. docs/results/events/baselines.jsonl.gz")
+    save.add_argument(
+        "--stream", action="append", choices=list(STREAMS), help="only this stream (repeatable; default all)"
+    )
+    save.set_defaults(func=cmd_save)
+    load = verbs.add_parser("load", help="publish the events of FILE that JetStream does not hold yet")
+    load.add_argument("file", metavar="FILE", nargs="+")
+    load.set_defaults(func=cmd_load)
+    show = verbs.add_parser("show", help="what an archive holds: events per stream and type")
+    show.add_argument("file", metavar="FILE")
+    show.set_defaults(func=cmd_show)

@@ -1,0 +1,173 @@
+"""Event archives: every event of the stack's JetStream streams in one gzip'd JSON-lines file, and back.
+
+The event log is the system of record (DESIGN.md): every service rebuilds its state from it after a
+restart. An archive carries that log to another machine or data dir, so a long experiment survives the
+loss of its store: `nightshift archive save FILE` writes it from a running stack, and `nightshift up
+--restore FILE` publishes it into JetStream before the services start, which then rebuild runs, tables,
+the adapter registry and cycle sagas from it as after any restart.
+
+Format: the first line is a header {"format": FORMAT, "saved_at", "counts": {stream: n}}; every other
+line is one event {"stream", "subject", "type", "event_id", "occurred_at", "envelope"} with the
+serialised EventEnvelope in base64. Events are in stream order within each stream and merged across
+streams by their `occurred_at`, so a restore publishes them in about the order they happened. The file
+is written with a zero gzip timestamp: the same events give the same bytes.
+
+Loading is idempotent: an event whose id is already in its stream is skipped, so loading an archive
+twice, or into a store that holds part of it, publishes each event once.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import heapq
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nightshift import events
+from nightshift.v1 import events_pb2
+
+FORMAT = "nightshift-events/1"
+
+
+class ArchiveError(ValueError):
+    """A file that is not a readable event archive; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Record:
+    stream: str
+    subject: str
+    envelope: events_pb2.EventEnvelope
+
+    @property
+    def occurred_ns(self) -> int:
+        return self.envelope.occurred_at.ToNanoseconds()
+
+    def line(self) -> str:
+        return json.dumps(
+            {
+                "stream": self.stream,
+                "subject": self.subject,
+                "type": self.envelope.type,
+                "event_id": self.envelope.event_id,
+                "occurred_at": self.envelope.occurred_at.ToJsonString(),
+                "envelope": base64.b64encode(self.envelope.SerializeToString()).decode("ascii"),
+            },
+            sort_keys=True,
+        )
+
+
+@dataclass
+class LoadResult:
+    published: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_published(self) -> int:
+        return sum(self.published.values())
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+
+def merged(per_stream: dict[str, list[Record]]) -> list[Record]:
+    """All records, each stream's in its own order, interleaved by occurred_at (stable on ties)."""
+    keyed = ([(r.occurred_ns, i, r) for r in records] for i, records in enumerate(per_stream.values()))
+    return [r for _, _, r in heapq.merge(*keyed, key=lambda t: (t[0], t[1]))]
+
+
+def write(path: Path, records: Iterable[Record]) -> dict[str, int]:
+    """Write an archive atomically (a temp file renamed over `path`); returns events per stream."""
+    records = list(records)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.stream] = counts.get(r.stream, 0) + 1
+    saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    header = {"format": FORMAT, "saved_at": saved_at, "counts": counts}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            gz.write((json.dumps(header, sort_keys=True) + "\n").encode())
+            for r in records:
+                gz.write((r.line() + "\n").encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def read(path: Path) -> tuple[dict, list[Record]]:
+    """The header and the records of an archive; ArchiveError naming the line when one is unusable."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ArchiveError(f"{path}: no such file") from None
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"{path}: not a gzip'd event archive ({exc})") from None
+    if not lines:
+        raise ArchiveError(f"{path}: empty file, no archive header")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ArchiveError(f"{path}: line 1 is not a {FORMAT} header")
+    records = [_record(path, number, text) for number, text in enumerate(lines[1:], start=2) if text]
+    return header, records
+
+
+def _record(path: Path, number: int, text: str) -> Record:
+    try:
+        obj = json.loads(text)
+        envelope = events_pb2.EventEnvelope()
+        envelope.ParseFromString(base64.b64decode(obj["envelope"], validate=True))
+        subject = events.subject_for(events.unwrap(envelope))
+        stream = events.stream_for(subject)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ArchiveError(f"{path}: line {number}: not an event record ({reason})") from None
+    if obj.get("stream") != stream or obj.get("event_id") != envelope.event_id:
+        raise ArchiveError(f"{path}: line {number}: stream or event_id does not match the envelope")
+    return Record(stream, subject, envelope)
+
+
+async def collect(bus, streams: Iterable[str] | None = None) -> dict[str, list[Record]]:
+    """Every event of the named streams (default all), in stream order."""
+    names = list(streams) if streams is not None else list(events.STREAMS)
+    unknown = [s for s in names if s not in events.STREAMS]
+    if unknown:
+        raise ArchiveError(f"unknown stream {unknown[0]!r}; known: {', '.join(events.STREAMS)}")
+    await bus.ensure_streams()
+    return {name: [Record(name, d.subject, d.envelope) for d in await bus.read_all(name)] for name in names}
+
+
+async def save(bus, path: Path, streams: Iterable[str] | None = None) -> dict[str, int]:
+    return write(path, merged(await collect(bus, streams)))
+
+
+async def load(bus, records: list[Record], progress: Callable[[int, int], None] | None = None) -> LoadResult:
+    """Publish every record whose event id its stream does not hold yet, in the archive's order."""
+    await bus.ensure_streams()
+    present: dict[str, set[str]] = {}
+    for stream in {r.stream for r in records}:
+        present[stream] = {d.envelope.event_id for d in await bus.read_all(stream)}
+    result = LoadResult()
+    for done, r in enumerate(records, start=1):
+        seen = present[r.stream]
+        if r.envelope.event_id in seen:
+            result.skipped[r.stream] = result.skipped.get(r.stream, 0) + 1
+        else:
+            await bus.publish_envelope(r.envelope)
+            seen.add(r.envelope.event_id)
+            result.published[r.stream] = result.published.get(r.stream, 0) + 1
+        if progress is not None:
+            progress(done, len(records))
+    return result
