@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from pathlib import Path
 
 from nightshift import archive
 from nightshift.bus import EventBus
-from nightshift.config import nats_url
+from nightshift.config import data_dir, nats_url
 from nightshift.events import STREAMS
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -26,20 +27,38 @@ async def _connect(url: str) -> EventBus:
         raise CliError(f"cannot reach NATS at {url} ({exc}); is the stack up (`nightshift up`)?") from None
 
 
-def read_archive(path: Path) -> tuple[dict, list[archive.Record]]:
+def adapters_dir_for(data: Path) -> Path:
+    """Where the stack on data dir `data` keeps its adapters (as the trainer and the agent resolve it)."""
+    configured = os.environ.get("NIGHTSHIFT_ADAPTERS_DIR", "")
+    return Path(configured).expanduser() if configured else data / "adapters"
+
+
+def read_archive(path: Path) -> tuple[dict, list[archive.Record], list[archive.FileRecord]]:
     try:
         return archive.read(path)
     except archive.ArchiveError as exc:
         raise CliError(str(exc)) from None
 
 
-async def restore(url: str, paths: list[Path], out: Console) -> archive.LoadResult:
-    """Publish the archives' events into the JetStream at `url` (events already there are skipped)."""
-    loaded = [(path, read_archive(path)[1]) for path in paths]
+async def restore(url: str, paths: list[Path], out: Console, adapters_dir: Path) -> archive.LoadResult:
+    """Write the archives' adapter files into `adapters_dir` and publish their events into the JetStream
+    at `url` (files and events already there are skipped)."""
+    loaded = [(path, *read_archive(path)[1:]) for path in paths]
+    for path, _records, files in loaded:
+        try:
+            written, present = archive.restore_files(files, adapters_dir)
+        except archive.ArchiveError as exc:
+            raise CliError(str(exc)) from None
+        if files:
+            out.print(
+                f"{path}: {len(written)} adapter files written to {adapters_dir}, "
+                f"{len(present)} already there",
+                highlight=False,
+            )
     bus = await _connect(url)
     total = archive.LoadResult()
     try:
-        for path, records in loaded:
+        for path, records, _files in loaded:
             with Progress(
                 TextColumn(f"restoring {path.name}"),
                 BarColumn(),
@@ -64,35 +83,48 @@ async def restore(url: str, paths: list[Path], out: Console) -> archive.LoadResu
     return total
 
 
-async def _save(url: str, path: Path, streams: list[str] | None) -> dict[str, int]:
+async def _save(url: str, path: Path, streams: list[str] | None, adapters_dir: Path | None):
     bus = await _connect(url)
     try:
-        return await archive.save(bus, path, streams)
+        return await archive.save(bus, path, streams, adapters_dir)
     except archive.ArchiveError as exc:
         raise CliError(str(exc)) from None
     finally:
         await bus.close()
 
 
+def _data_dir(args) -> Path:
+    return Path(args.data_dir).expanduser() if args.data_dir else data_dir()
+
+
 def cmd_save(args) -> int:
     path = Path(args.file).expanduser()
+    adapters_dir = None if args.no_adapters else adapters_dir_for(_data_dir(args))
     with console.status(f"reading every event from {nats_url()}"):
-        counts = asyncio.run(_save(nats_url(), path, args.stream))
+        counts, adapters, missing = asyncio.run(_save(nats_url(), path, args.stream, adapters_dir))
     summary = ", ".join(f"{stream} {n}" for stream, n in counts.items())
     console.print(
-        f"wrote {sum(counts.values())} events ({path.stat().st_size:,} bytes) to {path}: {summary}",
+        f"wrote {sum(counts.values())} events and {len(adapters)} adapter files "
+        f"({path.stat().st_size:,} bytes) to {path}: {summary}",
         highlight=False,
     )
+    if missing:
+        console.print(
+            f"[yellow]no file in {adapters_dir} for {len(missing)} trained adapters[/] "
+            f"({', '.join(missing)}); is --data-dir the stack's?",
+            highlight=False,
+        )
     return 0
 
 
 def cmd_load(args) -> int:
-    asyncio.run(restore(nats_url(), [Path(p).expanduser() for p in args.file], console))
+    paths = [Path(p).expanduser() for p in args.file]
+    asyncio.run(restore(nats_url(), paths, console, adapters_dir_for(_data_dir(args))))
     return 0
 
 
 def cmd_show(args) -> int:
-    header, records = read_archive(Path(args.file).expanduser())
+    header, records, files = read_archive(Path(args.file).expanduser())
     types = Counter((r.stream, r.envelope.type) for r in records)
     table = Table(title=f"{args.file}: {len(records)} events, saved {header.get('saved_at', '?')}")
     for column in ("stream", "type", "events"):
@@ -103,6 +135,8 @@ def cmd_show(args) -> int:
     if records:
         first, last = records[0].envelope.occurred_at, records[-1].envelope.occurred_at
         console.print(f"from {first.ToJsonString()} to {last.ToJsonString()}", highlight=False)
+    for f in files:
+        console.print(f"adapter file {f.path} ({len(f.data):,} bytes)", highlight=False)
     return 0
 
 
@@ -113,8 +147,9 @@ def add_parsers(sub) -> None:
         description="The event log is what every service rebuilds its state from. `save` writes every "
         "event of the running stack's JetStream (gzip'd JSON lines); `load` publishes an archive's events "
         "into JetStream, skipping those already there; load it before the services start, which `nightshift "
-        "up --restore FILE` does, so they rebuild runs, tables, the registry and cycles from it. Adapter "
-        "files are not in the archive.",
+        "up --restore FILE` does, so they rebuild runs, tables, the registry and cycles from it. The archive "
+        "also carries the adapter files its AdapterTrained events name; `load` writes them into the adapter "
+        "directory (NIGHTSHIFT_ADAPTERS_DIR or <data-dir>/adapters).",
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
     save = verbs.add_parser("save", help="write every event of the running stack to FILE")
@@ -122,9 +157,14 @@ def add_parsers(sub) -> None:
     save.add_argument(
         "--stream", action="append", choices=list(STREAMS), help="only this stream (repeatable; default all)"
     )
+    save.add_argument(
+        "--data-dir", help="the stack's data dir, for its adapter files (default: NIGHTSHIFT_DATA_DIR)"
+    )
+    save.add_argument("--no-adapters", action="store_true", help="events only, no adapter files")
     save.set_defaults(func=cmd_save)
     load = verbs.add_parser("load", help="publish the events of FILE that JetStream does not hold yet")
     load.add_argument("file", metavar="FILE", nargs="+")
+    load.add_argument("--data-dir", help="where the adapter files go (default: NIGHTSHIFT_DATA_DIR)")
     load.set_defaults(func=cmd_load)
     show = verbs.add_parser("show", help="what an archive holds: events per stream and type")
     show.add_argument("file", metavar="FILE")

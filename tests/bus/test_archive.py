@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nightshift import archive, events
 from nightshift.bus import EventBus
 from nightshift.natsserver import NatsServer
-from nightshift.v1 import events_pb2, sandbox_pb2
+from nightshift.v1 import events_pb2, sandbox_pb2, trainer_pb2
 
 HEADER = b'{"format": "nightshift-events/1"}\n'
 
@@ -53,11 +55,11 @@ async def target(tmp_path):
 
 async def test_a_saved_archive_restores_every_event_in_order_and_only_once(source, target, tmp_path):
     path = tmp_path / "events.jsonl.gz"
-    counts = await archive.save(source, path)
-    assert counts == {"SANDBOX": 3, "EPISODES": 4}
+    counts, adapters, missing = await archive.save(source, path)
+    assert counts == {"SANDBOX": 3, "EPISODES": 4} and adapters == missing == []
 
-    header, records = archive.read(path)
-    assert header["format"] == archive.FORMAT and header["counts"] == counts
+    header, records, files = archive.read(path)
+    assert header["format"] == archive.FORMAT and header["counts"] == counts and files == []
     # Interleaved as published: check, task, check, task, ...
     assert [r.envelope.type.rsplit(".", 1)[-1] for r in records[:4]] == [
         "CheckCompleted",
@@ -78,7 +80,7 @@ async def test_a_saved_archive_restores_every_event_in_order_and_only_once(sourc
 async def test_a_store_holding_part_of_an_archive_gets_only_the_rest(source, target, tmp_path):
     path = tmp_path / "events.jsonl.gz"
     await archive.save(source, path)
-    _, records = archive.read(path)
+    _, records, _ = archive.read(path)
     part = await archive.load(target, records[:2])
     assert part.total_published == 2
     rest = await archive.load(target, records)
@@ -87,7 +89,7 @@ async def test_a_store_holding_part_of_an_archive_gets_only_the_rest(source, tar
 
 
 async def test_only_the_named_streams_are_saved_and_unknown_ones_are_refused(source, tmp_path):
-    counts = await archive.save(source, tmp_path / "sandbox.jsonl.gz", ["SANDBOX"])
+    counts, _, _ = await archive.save(source, tmp_path / "sandbox.jsonl.gz", ["SANDBOX"])
     assert counts == {"SANDBOX": 3}
     with pytest.raises(archive.ArchiveError, match="unknown stream 'NOPE'"):
         await archive.save(source, tmp_path / "x.jsonl.gz", ["NOPE"])
@@ -96,7 +98,7 @@ async def test_only_the_named_streams_are_saved_and_unknown_ones_are_refused(sou
 
 async def test_the_same_events_give_the_same_bytes(source, tmp_path):
     await archive.save(source, tmp_path / "a.gz")
-    _, records = archive.read(tmp_path / "a.gz")
+    _, records, _ = archive.read(tmp_path / "a.gz")
     archive.write(tmp_path / "b.gz", records)
     archive.write(tmp_path / "c.gz", records)
     body = [gzip.decompress((tmp_path / n).read_bytes()).splitlines()[1:] for n in ("a.gz", "b.gz", "c.gz")]
@@ -194,3 +196,50 @@ def test_the_cli_refuses_a_bad_archive_before_starting_anything(tmp_path):
     up = nightshift("up", "--data-dir", str(tmp_path / "data"), "--restore", str(tmp_path / "missing.gz"))
     assert up.returncode == 2 and "missing.gz: no such file" in up.stderr
     assert not (tmp_path / "data" / "nats").exists()
+
+
+def trained(adapter_id: str) -> events_pb2.AdapterTrained:
+    return events_pb2.AdapterTrained(adapter=trainer_pb2.Adapter(adapter_id=adapter_id, model="m"))
+
+
+async def test_adapter_files_travel_with_their_events_and_are_never_overwritten(source, target, tmp_path):
+    adapters = tmp_path / "adapters"
+    (adapters / "replay-1").mkdir(parents=True)
+    (adapters / "replay-1" / "adapter.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 40)
+    await source.publish(trained("replay-1"))
+    await source.publish(trained("naive-2"))  # its file is gone
+    path = tmp_path / "events.jsonl.gz"
+    counts, carried, missing = await archive.save(source, path, adapters_dir=adapters)
+    assert counts["ADAPTERS"] == 2 and carried == ["replay-1"] and missing == ["naive-2"]
+
+    header, records, files = archive.read(path)
+    assert header["files"] == ["adapters/replay-1/adapter.gguf"]
+    restored = tmp_path / "elsewhere" / "adapters"
+    assert archive.restore_files(files, restored) == (["replay-1"], [])
+    assert (restored / "replay-1" / "adapter.gguf").read_bytes() == (
+        adapters / "replay-1" / "adapter.gguf"
+    ).read_bytes()
+    assert archive.restore_files(files, restored) == ([], ["replay-1"])
+    (restored / "replay-1" / "adapter.gguf").write_bytes(b"another adapter")
+    with pytest.raises(archive.ArchiveError, match="exists with other content"):
+        archive.restore_files(files, restored)
+    assert (restored / "replay-1" / "adapter.gguf").read_bytes() == b"another adapter"
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            {"file": "../../etc/passwd", "sha256": hashlib.sha256(b"x").hexdigest()},
+            "is not an adapters/<id>/",
+        ),
+        ({"file": "adapters/a/adapter.gguf", "sha256": "0" * 64}, "does not match its sha256"),
+        ({"file": "adapters/a/adapter.gguf"}, "not a file record"),
+    ],
+)
+def test_file_records_outside_the_adapter_layout_or_with_a_wrong_digest_are_refused(tmp_path, line, message):
+    path = tmp_path / "bad.gz"
+    line = {**line, "data": base64.b64encode(b"x").decode()}
+    path.write_bytes(gzip.compress(HEADER + json.dumps(line).encode() + b"\n"))
+    with pytest.raises(archive.ArchiveError, match=f"line 2: .*{re.escape(message)}"):
+        archive.read(path)

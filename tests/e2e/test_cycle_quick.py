@@ -6,10 +6,12 @@ decides; the registry acts on the decision. `make test-e2e` runs it (about 10 mi
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
-from stackrun import NIGHTSHIFT, ROOT, run
+from stackrun import NIGHTSHIFT, ROOT, run, start_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -67,3 +69,23 @@ def test_a_quick_cycle_trains_verifies_and_gates_an_adapter(stack):
     assert reported.returncode == 0, reported.stderr
     assert (out / "report.md").read_text().count(round_["candidateFrozenRunId"]) >= 1
     assert (out / "families.png").read_bytes().startswith(b"\x89PNG")
+
+    # The event log and the adapter leave with an archive; a new data dir restored from it knows the cycle,
+    # the runs and the registry, and holds the same adapter file.
+    archived = tmp_path / "events.jsonl.gz"
+    saved = run(env, "archive", "save", str(archived), "--data-dir", str(tmp_path / "data"))
+    assert saved.returncode == 0 and "1 adapter files" in saved.stdout, saved.stdout + saved.stderr
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(timeout=60) == 0
+    restored_dir = tmp_path / "data-restored"
+    restored = start_up(env, restored_dir, tmp_path / "up-restored.log", "--restore", str(archived))
+    try:
+        adapter_file = Path("adapters") / round_["adapterId"] / "adapter.gguf"
+        assert (restored_dir / adapter_file).read_bytes() == (tmp_path / "data" / adapter_file).read_bytes()
+        again = json.loads(run(env, "adapters", "show", round_["adapterId"], check=True).stdout)
+        assert again["state"] == adapter["state"] and again["sha256"] == adapter["sha256"]
+        resumed = run(env, "cycle", "--resume", status["cycleId"], "--json", check=True)
+        assert json.loads(resumed.stdout)["rounds"] == status["rounds"]
+    finally:
+        restored.send_signal(signal.SIGTERM)
+        assert restored.wait(timeout=60) == 0

@@ -615,6 +615,8 @@ def cycle_request_columns(request: evaluator_pb2.StartCycleRequest) -> dict[str,
         "day_set": request.day_set,
         "eval_family": request.eval_family,
         "policy": string_map(request.policy),
+        "day_max_attempts": request.day_max_attempts,
+        "fresh": request.fresh,
     }
 
 

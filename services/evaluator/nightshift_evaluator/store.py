@@ -666,6 +666,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE attempts ADD COLUMN resample_seconds DOUBLE NOT NULL DEFAULT 0",
         ),
     ),
+    Migration(
+        10,
+        "cycle day attempts and reuse",
+        (
+            # The day's own attempt budget, and whether the cycle measured everything again (0 / false
+            # for older events: the day had max_attempts, finished runs were reused only round to round).
+            "ALTER TABLE cycle_requests ADD COLUMN day_max_attempts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE cycle_requests ADD COLUMN fresh BOOLEAN NOT NULL DEFAULT false",
+        ),
+    ),
 )
 
 
