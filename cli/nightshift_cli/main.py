@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--restore",
         action="append",
         metavar="FILE",
-        help="publish this event archive (`nightshift archive save`) into JetStream before the services "
-        "start; events already there are skipped (repeatable)",
+        help="publish this event archive (`nightshift archive save`) into JetStream and write its adapter "
+        "files into the adapter directory before the services start; what is already there is skipped "
+        "(repeatable)",
     )
     up.set_defaults(func=cmd_up)
 
