@@ -40,11 +40,18 @@ def read_archive(path: Path) -> tuple[dict, list[archive.Record], list[archive.F
         raise CliError(str(exc)) from None
 
 
-async def restore(url: str, paths: list[Path], out: Console, adapters_dir: Path) -> archive.LoadResult:
+Archive = tuple[Path, list[archive.Record], list[archive.FileRecord]]
+
+
+def read_archives(paths: list[Path]) -> list[Archive]:
+    """Each archive's path, events and adapter files; CliError naming the file and line of a bad one."""
+    return [(path, *read_archive(path)[1:]) for path in paths]
+
+
+async def restore(url: str, archives: list[Archive], out: Console, adapters_dir: Path) -> None:
     """Write the archives' adapter files into `adapters_dir` and publish their events into the JetStream
     at `url` (files and events already there are skipped)."""
-    loaded = [(path, *read_archive(path)[1:]) for path in paths]
-    for path, _records, files in loaded:
+    for path, _records, files in archives:
         try:
             written, present = archive.restore_files(files, adapters_dir)
         except archive.ArchiveError as exc:
@@ -56,9 +63,8 @@ async def restore(url: str, paths: list[Path], out: Console, adapters_dir: Path)
                 highlight=False,
             )
     bus = await _connect(url)
-    total = archive.LoadResult()
     try:
-        for path, records, _files in loaded:
+        for path, records, _files in archives:
             with Progress(
                 TextColumn(f"restoring {path.name}"),
                 BarColumn(),
@@ -75,12 +81,8 @@ async def restore(url: str, paths: list[Path], out: Console, adapters_dir: Path)
                 f"{path}: {result.total_published} events published, {result.total_skipped} already there",
                 highlight=False,
             )
-            for stream in STREAMS:
-                total.published[stream] = total.published.get(stream, 0) + result.published.get(stream, 0)
-                total.skipped[stream] = total.skipped.get(stream, 0) + result.skipped.get(stream, 0)
     finally:
         await bus.close()
-    return total
 
 
 async def _save(url: str, path: Path, streams: list[str] | None, adapters_dir: Path | None):
@@ -118,8 +120,8 @@ def cmd_save(args) -> int:
 
 
 def cmd_load(args) -> int:
-    paths = [Path(p).expanduser() for p in args.file]
-    asyncio.run(restore(nats_url(), paths, console, adapters_dir_for(_data_dir(args))))
+    archives = read_archives([Path(p).expanduser() for p in args.file])
+    asyncio.run(restore(nats_url(), archives, console, adapters_dir_for(_data_dir(args))))
     return 0
 
 

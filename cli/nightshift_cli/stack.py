@@ -17,7 +17,7 @@ from nightshift.config import DEFAULT_ADDRS, nats_url, service_addr
 from nightshift.natsserver import NatsServer
 from rich.console import Console
 
-from nightshift_cli.archive import adapters_dir_for, read_archive
+from nightshift_cli.archive import adapters_dir_for, read_archives
 from nightshift_cli.archive import restore as restore_archives
 from nightshift_cli.rpc import CliError, health
 
@@ -64,13 +64,11 @@ def run_stack(
         services = installed_services()
         if "agent" in services:
             _ensure_model(console)
-        if restore:
-            for path in restore:  # a bad archive stops the start before anything runs
-                read_archive(path)
+        archives = read_archives(restore or [])  # a bad archive stops the start before anything runs
         with console.status("starting nats-server (JetStream)"):
             nats.start()
-        if restore:
-            asyncio.run(restore_archives(nats.url, restore, console, adapters_dir_for(data_dir)))
+        if archives:
+            asyncio.run(restore_archives(nats.url, archives, console, adapters_dir_for(data_dir)))
         env = {**os.environ, "NIGHTSHIFT_DATA_DIR": str(data_dir), "NIGHTSHIFT_NATS_URL": nats.url}
         for name in services:
             addr = service_addr(name)

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,10 @@ class FileRecord:
 
 @dataclass
 class LoadResult:
-    published: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)
+    """Events per stream that a load published, and those it skipped as already stored."""
+
+    published: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
 
     @property
     def total_published(self) -> int:
@@ -117,9 +120,7 @@ def merged(per_stream: dict[str, list[Record]]) -> list[Record]:
 def write(path: Path, records: Iterable[Record], files: Iterable[FileRecord] = ()) -> dict[str, int]:
     """Write an archive atomically (a temp file renamed over `path`); returns events per stream."""
     records, files = list(records), list(files)
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r.stream] = counts.get(r.stream, 0) + 1
+    counts = dict(Counter(r.stream for r in records))
     saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     header = {"format": FORMAT, "saved_at": saved_at, "counts": counts, "files": [f.path for f in files]}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,11 +266,11 @@ async def load(bus, records: list[Record], progress: Callable[[int, int], None] 
     for done, r in enumerate(records, start=1):
         seen = present[r.stream]
         if r.envelope.event_id in seen:
-            result.skipped[r.stream] = result.skipped.get(r.stream, 0) + 1
+            result.skipped[r.stream] += 1
         else:
             await bus.publish_envelope(r.envelope)
             seen.add(r.envelope.event_id)
-            result.published[r.stream] = result.published.get(r.stream, 0) + 1
+            result.published[r.stream] += 1
         if progress is not None:
             progress(done, len(records))
     return result
