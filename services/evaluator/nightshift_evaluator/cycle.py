@@ -15,7 +15,8 @@ GateDecided. So a saga cut short by a restart of any service resumes where it st
 finished work and without duplicate events. The champion's evaluations and the day's run are not run again
 when a finished run already measured the same thing (same koans, adapter, model, seed, repeats and
 attempts; EvaluationRuns.finished_match): the round before, an earlier cycle, or a baseline evaluation,
-also one restored from an event archive. `fresh` turns that off; candidates are always evaluated.
+also one restored from an event archive. `fresh` limits that to the cycle run's own earlier rounds;
+candidates are always evaluated.
 """
 
 from __future__ import annotations
@@ -380,11 +381,10 @@ class CycleSaga:
         r.candidate_heldout_run_id = await self._evaluation(
             cycle, n, "candidate-heldout", "heldout", family, r.adapter_id, seed
         )
-        reused = self._reusable_champion_runs(cycle, n)
-        r.champion_frozen_run_id = reused[0] or await self._evaluation(
+        r.champion_frozen_run_id = await self._evaluation(
             cycle, n, "champion-frozen", "frozen", family, r.champion_adapter_id, seed
         )
-        r.champion_heldout_run_id = reused[1] or await self._evaluation(
+        r.champion_heldout_run_id = await self._evaluation(
             cycle, n, "champion-heldout", "heldout", family, r.champion_adapter_id, seed
         )
         decision = await self._existing_decision(cycle, n)
@@ -419,18 +419,6 @@ class CycleSaga:
         if decision.promote:
             await self._await_champion(request.model, r.adapter_id)
 
-    def _reusable_champion_runs(self, cycle: CycleRun, n: int) -> tuple[str, str]:
-        """The previous round's runs of the adapter that is champion now, measured with the same settings."""
-        previous = cycle.rounds.get(n - 1)
-        if previous is None:
-            return "", ""
-        champion = cycle.round(n).champion_adapter_id
-        if previous.HasField("decision") and previous.decision.promote and previous.adapter_id == champion:
-            return previous.candidate_frozen_run_id, previous.candidate_heldout_run_id
-        if previous.champion_adapter_id == champion:
-            return previous.champion_frozen_run_id, previous.champion_heldout_run_id
-        return "", ""
-
     async def _await_champion(self, model: str, adapter_id: str) -> None:
         """Wait until the registry made `adapter_id` champion and the agent serves it."""
         deadline = time.monotonic() + CHAMPION_WAIT_SECONDS
@@ -464,9 +452,11 @@ class CycleSaga:
                 model=request.model,
                 correlation_id=corr,
             )
-            # A candidate is new by definition; the champion's and the day's work may be measured already.
-            if not request.fresh and not what.startswith("candidate"):
-                run = await self.runs.finished_match(wanted)
+            # A candidate is new by definition; the champion's and the day's work may be measured already,
+            # with --fresh only by this cycle run (the champion's runs of the round before).
+            if not what.startswith("candidate"):
+                within = f"{cycle.cycle_id}/" if request.fresh else ""
+                run = await self.runs.finished_match(wanted, within)
                 if run is not None:
                     log.info("cycle %s round %d: %s reuses run %s", cycle.cycle_id, n, what, run.run_id)
                     return run.run_id

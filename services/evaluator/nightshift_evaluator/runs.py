@@ -482,12 +482,13 @@ class EvaluationRuns:
         self._drive(run)
         return run_id
 
-    async def finished_match(self, request: E.StartEvaluationRequest) -> Run | None:
+    async def finished_match(self, request: E.StartEvaluationRequest, within: str = "") -> Run | None:
         """The earliest finished run that measured exactly what `request` asks, or None.
 
         Exactly: the same set and family with the same koans in the corpus now, the same adapter (an
         id or "none"; "champion" never matches, it names no adapter), model, seed, repeats and attempts.
-        Decoding is deterministic for those settings, so such a run is that measurement.
+        Decoding is deterministic for those settings, so such a run is that measurement. `within`: only
+        runs whose correlation id starts with it (e.g. one cycle run's).
         """
         normal = normalised_request(request)
         if normal.adapter_id == CHAMPION:
@@ -497,6 +498,7 @@ class EvaluationRuns:
             r = run.request
             if (
                 run.finished
+                and r.correlation_id.startswith(within)
                 and run.koan_ids == koan_ids
                 and (r.koan_set, r.family, r.adapter_id, r.model)
                 == (normal.koan_set, normal.family, normal.adapter_id, normal.model)
