@@ -1,6 +1,7 @@
 """The agent's runtime (LlamaGenerator) versus llama-cpp-python's create_chat_completion, no services.
 
-    .venv/bin/python bench/agent/runtime.py [--set frozen] [--koans 4] [--model M] [--out FILE]
+    .venv/bin/python bench/agent/runtime.py [--set frozen] [--koans 4] [--model M] [--in-thread]
+                                            [--out FILE]
 
 For each of the first `--koans` koans of the set, the first-attempt prompt goes through the agent's
 `LlamaGenerator.generate` (greedy) and then through a second, plain `Llama` instance's
@@ -9,7 +10,11 @@ same machine load. Prompt evaluation (tokens/s until the first token) and decodi
 are reported separately, with the ratios agent / direct of the medians. It takes about 30 s a koan on
 the 0.5B here and loads no gRPC service, so it also compares llama.cpp builds: run it once per build
 (e.g. `PYTHONPATH=/path/to/unpacked/wheel`) and compare the `direct` columns; `build` in the JSON
-records llama.cpp's own system info line. Writes bench/results/agent-runtime.json (or --out).
+records llama.cpp's own system info line. `--in-thread` calls the agent's generate from a worker
+thread, as the service does (asyncio.to_thread), while the direct calls stay on the main thread: with
+a build whose CPU backend uses OpenMP, decoding from a worker thread measured 1.4x slower here, which is
+why deploy/scripts/build-llama-wheel.sh turns OpenMP off. Writes bench/results/agent-runtime.json (or
+--out).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nightshift.corpus import Corpus
@@ -89,6 +95,9 @@ def main() -> int:
     parser.add_argument("--set", default="frozen")
     parser.add_argument("--koans", type=int, default=4, help="first-attempt prompts compared (default 4)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--in-thread", action="store_true", help="run the agent's generate in a worker thread, as the service"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parents[1] / "results" / "agent-runtime.json"))
     args = parser.parse_args()
     import llama_cpp
@@ -98,12 +107,16 @@ def main() -> int:
     path = ModelStore().resolve(args.model)
     generator = LlamaGenerator(path, n_ctx=config.n_ctx, n_threads=config.n_threads)
     direct = direct_llama(path, config)
+    worker = ThreadPoolExecutor(max_workers=1) if args.in_thread else None
     pairs = []
     for koan in Corpus.load().koans(args.set)[: args.koans]:
         task = FixTask.from_koan(koan)
         prompt = build_prompt(task, count_tokens=generator.count_tokens)
         cap = completion_cap(generator.count_tokens(task.source))
-        mine = agent_completion(generator, prompt.messages, cap)
+        if worker is not None:
+            mine = worker.submit(agent_completion, generator, prompt.messages, cap).result()
+        else:
+            mine = agent_completion(generator, prompt.messages, cap)
         theirs = direct_completion(direct, prompt.messages, mine["completion_tokens"], mine["prompt_tokens"])
         pairs.append({"koan_id": koan.id, "agent": mine, "direct": theirs})
         console.print(
@@ -117,8 +130,10 @@ def main() -> int:
         return statistics.median(p[side][key] for p in pairs)
 
     summary = {
-        "command": f"bench/agent/runtime.py --set {args.set} --koans {args.koans} --model {args.model}",
+        "command": f"bench/agent/runtime.py --set {args.set} --koans {args.koans} --model {args.model}"
+        + (" --in-thread" if args.in_thread else ""),
         "model": args.model,
+        "agent_in_thread": args.in_thread,
         "threads": config.n_threads,
         "build": llama_cpp.llama_print_system_info().decode().strip(),
         "koans": len(pairs),

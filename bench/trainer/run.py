@@ -1,12 +1,14 @@
 """Training throughput and memory of the trainer, as a ratio against a minimal hand-written PEFT loop.
 
     .venv/bin/python bench/trainer/run.py [--steps 10] [--examples 40] [--only nightshift|baseline]
-                                          [--rounds 1] [--threads N] [--out bench/results/trainer.json]
+                                          [--rounds 1] [--threads N] [--set FIELD=VALUE ...]
+                                          [--out bench/results/trainer.json]
 
 Both modes train the `cpu-lora` preset's adapter (LoRA r/alpha/dropout on q/k/v/o, AdamW, batch x
 accumulation, max_seq_len; `--steps` overrides max_steps) on the real 0.5B GGUF, dequantised by
-transformers to bf16, with the same SFT examples seen in the same order: reference fixes of train-split
-corpus koans, the prompt being the user message the agent sends for a first attempt and the completion
+transformers to the preset's dtype (`auto`: bf16 where the CPU computes it natively, else float32),
+with the same SFT examples seen in the same order: reference fixes of train-split corpus koans, the
+prompt being the user message the agent sends for a first attempt and the completion
 `nightshift.chat.answer_for(koan.fix)`.
 
   * nightshift: `nightshift_trainer.training.train_adapter` (loss at the answer positions only,
@@ -45,7 +47,7 @@ from nightshift.corpus import Corpus
 from nightshift.models import ModelStore
 from nightshift_agent.prompts import FixTask, build_prompt
 from nightshift_trainer.examples import Example, make_example
-from nightshift_trainer.presets import Preset, resolve_preset
+from nightshift_trainer.presets import Preset, PresetError, resolve_preset
 from rich.console import Console
 from rich.table import Table
 
@@ -79,8 +81,15 @@ def build_examples(count: int) -> list[Example]:
     ]
 
 
-def bench_preset(steps: int) -> Preset:
-    return resolve_preset(PRESET, {"max_steps": str(steps)}, cuda=False)
+def bench_preset(steps: int, settings: Sequence[str] = ()) -> Preset:
+    """The cpu-lora preset with --steps and each --set FIELD=VALUE applied (PresetError names a bad one)."""
+    overrides = {"max_steps": str(steps)}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set: expected FIELD=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    return resolve_preset(PRESET, overrides, cuda=False)
 
 
 # --- the two training modes (each runs in its own process) ----------------------------------------
@@ -174,7 +183,7 @@ def train_baseline(model_path: Path, examples: Sequence[Example], preset: Preset
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_path.parent, gguf_file=model_path.name)
     model = AutoModelForCausalLM.from_pretrained(
-        model_path.parent, gguf_file=model_path.name, dtype=torch.bfloat16
+        model_path.parent, gguf_file=model_path.name, dtype=getattr(torch, preset.dtype)
     )
     load_seconds = time.perf_counter() - started
     wall_at_load, cpu_at_load = time.perf_counter(), cpu_seconds()
@@ -244,7 +253,7 @@ def child_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model_path = ModelStore().resolve(MODEL)
     examples = build_examples(args.examples)
-    preset = bench_preset(args.steps)
+    preset = bench_preset(args.steps, args.set)
     train = train_nightshift if args.child == "nightshift" else train_baseline
     result = train(model_path, examples, preset)
     result["threads"] = torch.get_num_threads()
@@ -290,6 +299,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
             str(args.examples),
             "--threads",
             str(args.threads),
+            *(part for item in args.set for part in ("--set", item)),
         ]
         load_average = os.getloadavg()[0]
         started = time.perf_counter()
@@ -326,7 +336,8 @@ def results_table(results: dict[str, dict], preset: Preset, examples: int, round
     best = f", best of {rounds} rounds" if rounds > 1 else ""
     title = (
         f"LoRA training on {MODEL} ({PRESET}: r {preset.lora_r}, batch {preset.batch_size} x "
-        f"{preset.gradient_accumulation}, {preset.max_steps} steps, {examples} examples{best})"
+        f"{preset.gradient_accumulation}, {preset.dtype}, {preset.max_steps} steps, "
+        f"{examples} examples{best})"
     )
     table = Table(title=title)
     columns = (
@@ -378,6 +389,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads in each mode (default: all)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="preset override for both modes, e.g. dtype=float32 or batch_size=4 (repeatable)",
+    )
     parser.add_argument("--no-lock", action="store_true", help="the caller holds the model lock already")
     parser.add_argument("--out", default=str(Path(__file__).parents[1] / "results" / "trainer.json"))
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -399,7 +417,10 @@ def main() -> int:
     console = Console()
     if not console.is_terminal:  # a log file gets the whole table rather than 80 columns of it
         console.width = max(console.width, 150)
-    preset = bench_preset(args.steps)
+    try:
+        preset = bench_preset(args.steps, args.set)
+    except PresetError as exc:
+        raise SystemExit(f"--set {exc}") from None
     build_examples(args.examples)  # refuses a bad --examples before any model loads
     model_path = ModelStore().resolve(MODEL)
     modes = (args.only,) if args.only else MODES

@@ -184,8 +184,9 @@ def add_parsers(sub) -> None:
     cycle.add_argument(
         "--fresh",
         action="store_true",
-        help="evaluate the champion and work the day even when a finished run (a baseline, an earlier "
-        "cycle, a restored archive) already measured the same koans, adapter, model, seed and attempts",
+        help="evaluate the champion and work the day even when a finished run outside this cycle run (a "
+        "baseline, an earlier cycle, a restored archive) already measured the same koans, adapter, model, "
+        "seed and attempts; later rounds still reuse the champion's runs of this cycle run",
     )
     cycle.add_argument(
         "--quick",

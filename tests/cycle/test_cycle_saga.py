@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -256,6 +257,8 @@ async def test_two_rounds_promote_a_gain_and_reject_a_tie(world):
             names = {f.name for f in report.files}
             assert {"report.md", "summary.json", "learning_curve.png"} <= names
             assert first.candidate_frozen_run_id in report.markdown
+            created = next(line for line in report.markdown.splitlines() if line.startswith("| created |"))
+            assert re.search(r"\| \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 \|", created), created
     finally:
         await evaluator.stop()
     assert agent.champion == first.adapter_id
@@ -356,9 +359,10 @@ async def test_finished_runs_that_measured_the_same_thing_are_reused_unless_fres
     try:
         async with grpc.aio.insecure_channel(evaluator.addr) as channel:
             stub = evaluator_pb2_grpc.EvaluatorStub(channel)
-            # The base model's baselines, measured before any cycle with the dawn's settings.
+            # The base model's baselines, measured before any cycle with the dawn's settings; the
+            # held-out one asks for the agent's default model, which is the model the cycle names.
             baseline = {}
-            for koan_set in ("frozen", "heldout"):
+            for koan_set, model in (("frozen", MODEL), ("heldout", "")):
                 run_id = (
                     await stub.StartEvaluation(
                         E.StartEvaluationRequest(
@@ -366,7 +370,7 @@ async def test_finished_runs_that_measured_the_same_thing_are_reused_unless_fres
                             family="mutability",
                             adapter_id="none",
                             max_attempts=2,
-                            model=MODEL,
+                            model=model,
                         )
                     )
                 ).run_id

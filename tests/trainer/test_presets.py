@@ -9,7 +9,9 @@ from nightshift_trainer.presets import (
     PRESETS,
     Preset,
     PresetError,
+    auto_dtype,
     check_runnable,
+    cpu_has_bf16,
     default_preset_name,
     describe_fields,
     resolve_preset,
@@ -20,7 +22,7 @@ def test_the_four_presets_carry_their_documented_settings():
     cpu = PRESETS["cpu-lora"]
     assert (cpu.method, cpu.dtype, cpu.lora_r, cpu.lora_alpha, cpu.learning_rate, cpu.max_steps) == (
         "sft",
-        "bfloat16",
+        "auto",
         8,
         16.0,
         1e-4,
@@ -47,7 +49,8 @@ def test_every_field_is_documented():
 
 @pytest.mark.parametrize("name", ["cpu-lora", "naive", "dpo"])
 def test_as_fields_round_trips_through_resolve(name):
-    preset = PRESETS[name]
+    preset = resolve_preset(name, {})  # what a job records: `auto` already resolved
+    assert preset.dtype in ("bfloat16", "float32")
     fields = preset.as_fields()
     assert all(isinstance(value, str) for value in fields.values())
     assert resolve_preset(name, fields) == preset
@@ -71,7 +74,8 @@ def test_overrides_are_parsed_by_field_type(overrides, field, value):
     preset = resolve_preset("cpu-lora", overrides)
     assert getattr(preset, field) == value
     unchanged = {f.name for f in dataclasses.fields(Preset)} - {field}
-    assert all(getattr(preset, name) == getattr(PRESETS["cpu-lora"], name) for name in unchanged)
+    default = resolve_preset("cpu-lora", {})
+    assert all(getattr(preset, name) == getattr(default, name) for name in unchanged)
 
 
 @pytest.mark.parametrize(
@@ -111,8 +115,24 @@ def test_unknown_preset_is_refused_with_the_known_names():
 def test_auto_picks_qlora_only_where_cuda_is():
     assert default_preset_name(cuda=False) == "cpu-lora"
     assert default_preset_name(cuda=True) == "qlora"
-    assert resolve_preset("auto", {}, cuda=False) == PRESETS["cpu-lora"]
-    assert resolve_preset("", None, cuda=False) == PRESETS["cpu-lora"]
+    cpu = dataclasses.replace(PRESETS["cpu-lora"], dtype=auto_dtype(cuda=False))
+    assert resolve_preset("auto", {}, cuda=False) == cpu
+    assert resolve_preset("", None, cuda=False) == cpu
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_computes_it(tmp_path):
+    assert auto_dtype(cuda=True, bf16_cpu=False) == "bfloat16"
+    assert auto_dtype(cuda=False, bf16_cpu=True) == "bfloat16"
+    assert auto_dtype(cuda=False, bf16_cpu=False) == "float32"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16(cpuinfo)
+    assert not cpu_has_bf16(tmp_path / "missing")
+    # this machine: whatever it has, a job never trains with `auto` and an explicit dtype is kept
+    assert resolve_preset("cpu-lora", {}).dtype == auto_dtype()
+    assert resolve_preset("cpu-lora", {"dtype": "bfloat16"}).dtype == "bfloat16"
 
 
 def test_qlora_without_cuda_is_refused_with_the_reason():

@@ -110,7 +110,7 @@ def decide(find, request: E.DecideGateRequest) -> E.GateDecision:
     )
 
 
-def run_data(run: Run, created: str = "") -> report.RunData:
+def run_data(run: Run) -> report.RunData:
     r = run.request
     outs = outcomes(run)
     return report.RunData(
@@ -122,7 +122,7 @@ def run_data(run: Run, created: str = "") -> report.RunData:
             seed=r.seed,
             repeats=r.repeats,
             max_attempts=r.max_attempts,
-            created=created,
+            created=run.started_at,
         ),
         summary=metrics.summarise(outs, expected=run.expected),
         outcomes=outs,

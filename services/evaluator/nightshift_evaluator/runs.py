@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -213,6 +214,7 @@ class Run:
     families: dict[str, str]
     requested_adapter: str
     model: str = ""
+    started_at: str = ""  # ISO-8601 time of its EvaluationStarted
     # Driven by this evaluator (started here, or resumed with every koan in the corpus); a run it
     # does not own is only followed: nothing is submitted or published for it.
     owned: bool = False
@@ -236,6 +238,11 @@ class Run:
             requested_adapter=event.requested_adapter or event.request.adapter_id,
             model=event.request.model,
         )
+
+    @property
+    def served_model(self) -> str:
+        """The model the run's episodes were served by ("" until one is known)."""
+        return self.model or (self.completed.model if self.completed is not None else "")
 
     @property
     def expected(self) -> int:
@@ -462,6 +469,7 @@ class EvaluationRuns:
             run_id=run_id, request=normal, koan_ids=[k.id for k in koans], requested_adapter=requested
         )
         run = Run.from_started(started, {k.id: k.family for k in koans})
+        run.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         run.owned = True
         self.runs[run_id] = run
         try:
@@ -487,8 +495,9 @@ class EvaluationRuns:
 
         Exactly: the same set and family with the same koans in the corpus now, the same adapter (an
         id or "none"; "champion" never matches, it names no adapter), model, seed, repeats and attempts.
-        Decoding is deterministic for those settings, so such a run is that measurement. `within`: only
-        runs whose correlation id starts with it (e.g. one cycle run's).
+        A run that asked for the agent's default model ("") matches the model its episodes were served
+        by. Decoding is deterministic for those settings, so such a run is that measurement. `within`:
+        only runs whose correlation id starts with it (e.g. one cycle run's).
         """
         normal = normalised_request(request)
         if normal.adapter_id == CHAMPION:
@@ -500,8 +509,9 @@ class EvaluationRuns:
                 run.finished
                 and r.correlation_id.startswith(within)
                 and run.koan_ids == koan_ids
-                and (r.koan_set, r.family, r.adapter_id, r.model)
-                == (normal.koan_set, normal.family, normal.adapter_id, normal.model)
+                and (r.koan_set, r.family, r.adapter_id)
+                == (normal.koan_set, normal.family, normal.adapter_id)
+                and normal.model in (r.model, run.served_model)
                 and (r.seed, r.repeats, r.max_attempts) == (normal.seed, normal.repeats, normal.max_attempts)
             ):
                 return run
@@ -691,7 +701,10 @@ class EvaluationRuns:
         event = delivery.event
         if isinstance(event, events_pb2.EvaluationStarted):
             if event.run_id not in self.runs:
-                self.runs[event.run_id] = Run.from_started(event, families)
+                run = Run.from_started(event, families)
+                when = delivery.envelope.occurred_at.ToDatetime(tzinfo=UTC)
+                run.started_at = when.isoformat(timespec="seconds")
+                self.runs[event.run_id] = run
         elif isinstance(event, events_pb2.KoanEvaluated):
             run = self.runs.get(event.run_id)
             if run is not None:

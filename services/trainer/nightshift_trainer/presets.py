@@ -6,7 +6,12 @@ an error naming the field. `Preset.as_fields()` is the inverse: every field as a
 TrainingJobRequested event, so `resolve_preset(p.name, p.as_fields()) == p` rebuilds the job's preset.
 
 Presets:
-- `cpu-lora`: bf16 LoRA on the CPU (r 8, alpha 16, attention projections, lr 1e-4, 100 steps).
+- `cpu-lora`: LoRA on the CPU (r 8, alpha 16, attention projections, lr 1e-4, 100 steps).
+
+The base weights' dtype is `auto` unless a job says otherwise: bfloat16 on a CUDA device and on a CPU
+with bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo), float32 on any other CPU, where
+torch emulates bf16 arithmetic and a step costs several times more. `resolve_preset` replaces `auto`
+by the dtype it stands for on this machine, so a job records what it trained with.
 - `qlora`: the same adapter on a 4-bit NF4 base (bitsandbytes), CUDA only. `auto` picks it over
   `cpu-lora` when CUDA is available. It cannot run on a machine without CUDA or bitsandbytes, and says so.
 - `naive`: the published experiment's settings (r 16, alpha 32, lr 2e-4, 500 steps, batch 4): the
@@ -22,10 +27,13 @@ import importlib.util
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 METHODS = ("sft", "dpo")
-DTYPES = ("bfloat16", "float32", "float16")
+DTYPES = ("auto", "bfloat16", "float32", "float16")
+# CPU flags of native bf16 arithmetic; without one, torch computes bf16 matmuls the slow way.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # PEFT module names of the qwen2 projections a LoRA adapter may target (the GGUF export maps each one).
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -60,7 +68,9 @@ class Preset:
     gradient_accumulation: int = _doc("forward passes per optimizer step", 4)
     max_seq_len: int = _doc("tokens per example; longer ones lose the end of their completion", 1024)
     dtype: str = _doc(
-        "dtype of the base weights: bfloat16, float32 or float16 (LoRA weights stay float32)", "bfloat16"
+        "dtype of the base weights: auto, bfloat16, float32 or float16 (LoRA weights stay float32); "
+        "auto is bfloat16 on CUDA and on CPUs with bf16 instructions, float32 elsewhere",
+        AUTO,
     )
     quantize_4bit: bool = _doc("load the base as bitsandbytes NF4 (QLoRA); CUDA only", False)
     warmup_steps: int = _doc("steps of linear learning-rate warm-up before the linear decay to 0", 10)
@@ -167,6 +177,22 @@ def default_preset_name(*, cuda: bool | None = None) -> str:
     return "qlora" if (cuda_available() if cuda is None else cuda) else "cpu-lora"
 
 
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU lists a native bf16 instruction set (False when that cannot be read)."""
+    try:
+        flags = set(cpuinfo.read_text(errors="replace").split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def auto_dtype(*, cuda: bool | None = None, bf16_cpu: bool | None = None) -> str:
+    """The dtype `auto` stands for on this machine: bfloat16 where it is native, float32 elsewhere."""
+    if cuda_available() if cuda is None else cuda:
+        return "bfloat16"
+    return "bfloat16" if (cpu_has_bf16() if bf16_cpu is None else bf16_cpu) else "float32"
+
+
 def check_runnable(preset: Preset, *, cuda: bool | None = None) -> None:
     """Raise PresetError when this machine cannot train the preset (4-bit without CUDA or bitsandbytes)."""
     if not preset.quantize_4bit:
@@ -191,7 +217,8 @@ def resolve_preset(
     """The named preset with `overrides` applied; PresetError (a ValueError) names the bad field.
 
     `auto` (or an empty name) is qlora where CUDA is available, cpu-lora otherwise. A preset this machine
-    cannot run (qlora without CUDA or bitsandbytes) is refused here, before any job is queued.
+    cannot run (qlora without CUDA or bitsandbytes) is refused here, before any job is queued. A dtype
+    of `auto` becomes the one it stands for here (`auto_dtype`).
     """
     name = (name or AUTO).strip()
     if name == AUTO:
@@ -207,6 +234,8 @@ def resolve_preset(
         changes[key] = _parse(key, known[key].type, raw)
     preset = replace(preset, **changes)  # __post_init__ range-checks the result
     check_runnable(preset, cuda=cuda)
+    if preset.dtype == AUTO:
+        preset = replace(preset, dtype=auto_dtype(cuda=cuda))
     return preset
 
 

@@ -25,7 +25,10 @@ Measured on the 2-core CPU here (AMX; bf16 base, LoRA weights in float32; train-
 prompt + answer 380-620 tokens), `cpu-lora` (batch 1 x 4 accumulated, ~1,750 tokens a step) on the 0.5B:
 7.1 s/step, 248 tokens/s, so its 100 steps take about 12 minutes; peak RSS 4.5 GiB, set by transformers
 dequantising the GGUF at load. With other processes busy on the two cores the same run measured
-58-108 tokens/s. One 512-token forward + backward takes 2-5 s in bf16 and 12-26 s in float32.
+58-108 tokens/s. One 512-token forward + backward takes 2-5 s in bf16 and 12-26 s in float32 there. On a
+2-core CPU without bf16 instructions the order flips (torch emulates bf16): with the naive preset's LoRA,
+a float32 step of 1 x 4 took 26 s (91 tokens/s), of batch 4 with checkpointing 50 s, and the bf16 one
+about 150 s; presets therefore default to `dtype=auto` (presets.auto_dtype).
 """
 
 from __future__ import annotations
