@@ -46,6 +46,8 @@ from nightshift.chat import answer_for, messages_for
 from nightshift.corpus import Corpus
 from nightshift.models import ModelStore
 from nightshift_agent.prompts import FixTask, build_prompt
+from nightshift_cli.rpc import CliError
+from nightshift_cli.trainer import parse_pairs
 from nightshift_trainer.examples import Example, make_example
 from nightshift_trainer.presets import Preset, PresetError, resolve_preset
 from rich.console import Console
@@ -83,12 +85,10 @@ def build_examples(count: int) -> list[Example]:
 
 def bench_preset(steps: int, settings: Sequence[str] = ()) -> Preset:
     """The cpu-lora preset with --steps and each --set FIELD=VALUE applied (PresetError names a bad one)."""
-    overrides = {"max_steps": str(steps)}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--set: expected FIELD=VALUE, got {item!r}")
-        overrides[key.strip()] = value
+    try:
+        overrides = {"max_steps": str(steps), **parse_pairs(list(settings), "--set")}
+    except CliError as exc:
+        raise SystemExit(str(exc)) from None
     return resolve_preset(PRESET, overrides, cuda=False)
 
 

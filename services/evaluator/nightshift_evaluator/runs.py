@@ -20,7 +20,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 import grpc
@@ -90,6 +90,11 @@ def run_event_id(run_id: str, what: str) -> str:
 
 def koan_event_id(run_id: str, koan_id: str, repeat: int) -> str:
     return run_event_id(run_id, f"koan/{koan_id}/{repeat}")
+
+
+def iso_seconds(timestamp) -> str:
+    """An event's protobuf Timestamp as ISO-8601 in UTC, to the second."""
+    return timestamp.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
 
 
 def normalised_request(request: E.StartEvaluationRequest) -> E.StartEvaluationRequest:
@@ -469,13 +474,13 @@ class EvaluationRuns:
             run_id=run_id, request=normal, koan_ids=[k.id for k in koans], requested_adapter=requested
         )
         run = Run.from_started(started, {k.id: k.family for k in koans})
-        run.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         run.owned = True
         self.runs[run_id] = run
         try:
-            await self.bus.publish(
+            envelope = await self.bus.publish(
                 started, correlation_id=normal.correlation_id, event_id=run_event_id(run_id, "started")
             )
+            run.started_at = iso_seconds(envelope.occurred_at)
         except BaseException:
             del self.runs[run_id]
             raise
@@ -702,8 +707,7 @@ class EvaluationRuns:
         if isinstance(event, events_pb2.EvaluationStarted):
             if event.run_id not in self.runs:
                 run = Run.from_started(event, families)
-                when = delivery.envelope.occurred_at.ToDatetime(tzinfo=UTC)
-                run.started_at = when.isoformat(timespec="seconds")
+                run.started_at = iso_seconds(delivery.envelope.occurred_at)
                 self.runs[event.run_id] = run
         elif isinstance(event, events_pb2.KoanEvaluated):
             run = self.runs.get(event.run_id)

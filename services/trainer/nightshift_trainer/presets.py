@@ -7,17 +7,17 @@ TrainingJobRequested event, so `resolve_preset(p.name, p.as_fields()) == p` rebu
 
 Presets:
 - `cpu-lora`: LoRA on the CPU (r 8, alpha 16, attention projections, lr 1e-4, 100 steps).
-
-The base weights' dtype is `auto` unless a job says otherwise: bfloat16 on a CUDA device and on a CPU
-with bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo), float32 on any other CPU, where
-torch emulates bf16 arithmetic and a step costs several times more. `resolve_preset` replaces `auto`
-by the dtype it stands for on this machine, so a job records what it trained with.
 - `qlora`: the same adapter on a 4-bit NF4 base (bitsandbytes), CUDA only. `auto` picks it over
   `cpu-lora` when CUDA is available. It cannot run on a machine without CUDA or bitsandbytes, and says so.
 - `naive`: the published experiment's settings (r 16, alpha 32, lr 2e-4, 500 steps, batch 4): the
   baseline that forgot, kept to reproduce it.
 - `dpo`: direct preference optimisation on prompt/chosen/rejected pairs; the policy is the LoRA adapter
   and the reference is the same network without the adapter's update (no second model in memory).
+
+The base weights' dtype is `auto` unless a job says otherwise: bfloat16 on a CUDA device and on a CPU
+with bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo), float32 on any other CPU, where
+torch emulates bf16 arithmetic and a step costs several times more. `resolve_preset` replaces `auto`
+by the dtype it stands for on this machine, so a job records what it trained with.
 """
 
 from __future__ import annotations
