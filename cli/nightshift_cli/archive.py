@@ -27,10 +27,19 @@ async def _connect(url: str) -> EventBus:
         raise CliError(f"cannot reach NATS at {url} ({exc}); is the stack up (`nightshift up`)?") from None
 
 
+def _configured(variable: str, default: Path) -> Path:
+    configured = os.environ.get(variable, "")
+    return Path(configured).expanduser() if configured else default
+
+
 def adapters_dir_for(data: Path) -> Path:
     """Where the stack on data dir `data` keeps its adapters (as the trainer and the agent resolve it)."""
-    configured = os.environ.get("NIGHTSHIFT_ADAPTERS_DIR", "")
-    return Path(configured).expanduser() if configured else data / "adapters"
+    return _configured("NIGHTSHIFT_ADAPTERS_DIR", data / "adapters")
+
+
+def roots_for(data: Path) -> archive.FileRoots:
+    """Where the stack on data dir `data` keeps what an archive carries: adapters, the trainer's jobs."""
+    return archive.FileRoots(adapters_dir_for(data), _configured("NIGHTSHIFT_TRAINER_DIR", data / "trainer"))
 
 
 def read_archive(path: Path) -> tuple[dict, list[archive.Record], list[archive.FileRecord]]:
@@ -48,20 +57,29 @@ def read_archives(paths: list[Path]) -> list[Archive]:
     return [(path, *read_archive(path)[1:]) for path in paths]
 
 
-async def restore(url: str, archives: list[Archive], out: Console, adapters_dir: Path) -> None:
-    """Write the archives' adapter files into `adapters_dir` and publish their events into the JetStream
-    at `url` (files and events already there are skipped)."""
+def _job_files(job_id: str, step: int) -> str:
+    checkpoint = f"its checkpoint at step {step}" if step else "no checkpoint (it starts from step 0)"
+    return f"unfinished training job {job_id}: its examples and {checkpoint}"
+
+
+async def restore(url: str, archives: list[Archive], out: Console, roots: archive.FileRoots) -> None:
+    """Write the archives' files (adapters, unfinished training jobs) under `roots` and publish their
+    events into the JetStream at `url` (files and events already there are skipped)."""
     for path, _records, files in archives:
         try:
-            written, present = archive.restore_files(files, adapters_dir)
+            restored = archive.restore_files(files, roots)
         except archive.ArchiveError as exc:
             raise CliError(str(exc)) from None
-        if files:
+        if any(f.kind == "adapter" for f in files):
             out.print(
-                f"{path}: {len(written)} adapter files written to {adapters_dir}, "
-                f"{len(present)} already there",
+                f"{path}: {len(restored.adapters)} adapter files written to {roots.adapters}, "
+                f"{len(restored.adapters_present)} already there",
                 highlight=False,
             )
+        for job_id, step in restored.jobs.items():
+            out.print(f"{path}: {_job_files(job_id, step)} written to {roots.trainer}", highlight=False)
+        for job_id in restored.jobs_present:
+            out.print(f"{path}: training job {job_id} already there, as far along", highlight=False)
     bus = await _connect(url)
     try:
         for path, records, _files in archives:
@@ -85,10 +103,10 @@ async def restore(url: str, archives: list[Archive], out: Console, adapters_dir:
         await bus.close()
 
 
-async def _save(url: str, path: Path, streams: list[str] | None, adapters_dir: Path | None):
+async def _save(url: str, path: Path, streams: list[str] | None, roots: archive.FileRoots | None):
     bus = await _connect(url)
     try:
-        return await archive.save(bus, path, streams, adapters_dir)
+        return await archive.save(bus, path, streams, roots)
     except archive.ArchiveError as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -101,19 +119,27 @@ def _data_dir(args) -> Path:
 
 def cmd_save(args) -> int:
     path = Path(args.file).expanduser()
-    adapters_dir = None if args.no_adapters else adapters_dir_for(_data_dir(args))
+    roots = None if args.no_files else roots_for(_data_dir(args))
     with console.status(f"reading every event from {nats_url()}"):
-        counts, adapters, missing = asyncio.run(_save(nats_url(), path, args.stream, adapters_dir))
+        counts, carried = asyncio.run(_save(nats_url(), path, args.stream, roots))
     summary = ", ".join(f"{stream} {n}" for stream, n in counts.items())
     console.print(
-        f"wrote {sum(counts.values())} events and {len(adapters)} adapter files "
-        f"({path.stat().st_size:,} bytes) to {path}: {summary}",
+        f"wrote {sum(counts.values())} events, {len(carried.adapters)} adapter files and "
+        f"{len(carried.jobs)} unfinished training jobs ({path.stat().st_size:,} bytes) to {path}: {summary}",
         highlight=False,
     )
-    if missing:
+    for job_id, step in carried.jobs.items():
+        console.print(_job_files(job_id, step), highlight=False)
+    if carried.missing_adapters:
         console.print(
-            f"[yellow]no file in {adapters_dir} for {len(missing)} trained adapters[/] "
-            f"({', '.join(missing)}); is --data-dir the stack's?",
+            f"[yellow]no file in {roots.adapters} for {len(carried.missing_adapters)} trained adapters[/] "
+            f"({', '.join(carried.missing_adapters)}); is --data-dir the stack's?",
+            highlight=False,
+        )
+    if carried.missing_jobs:
+        console.print(
+            f"[yellow]no examples in {roots.trainer / 'jobs'} for {len(carried.missing_jobs)} unfinished "
+            f"training jobs[/] ({', '.join(carried.missing_jobs)}); a restore would fail them",
             highlight=False,
         )
     return 0
@@ -121,7 +147,7 @@ def cmd_save(args) -> int:
 
 def cmd_load(args) -> int:
     archives = read_archives([Path(p).expanduser() for p in args.file])
-    asyncio.run(restore(nats_url(), archives, console, adapters_dir_for(_data_dir(args))))
+    asyncio.run(restore(nats_url(), archives, console, roots_for(_data_dir(args))))
     return 0
 
 
@@ -138,7 +164,8 @@ def cmd_show(args) -> int:
         first, last = records[0].envelope.occurred_at, records[-1].envelope.occurred_at
         console.print(f"from {first.ToJsonString()} to {last.ToJsonString()}", highlight=False)
     for f in files:
-        console.print(f"adapter file {f.path} ({len(f.data):,} bytes)", highlight=False)
+        what = "adapter file" if f.kind == "adapter" else f"training job {f.owner}:"
+        console.print(f"{what} {f.path} ({len(f.data):,} bytes)", highlight=False)
     return 0
 
 
@@ -150,8 +177,10 @@ def add_parsers(sub) -> None:
         "event of the running stack's JetStream (gzip'd JSON lines); `load` publishes an archive's events "
         "into JetStream, skipping those already there; load it before the services start, which `nightshift "
         "up --restore FILE` does, so they rebuild runs, tables, the registry and cycles from it. The archive "
-        "also carries the adapter files its AdapterTrained events name; `load` writes them into the adapter "
-        "directory (NIGHTSHIFT_ADAPTERS_DIR or <data-dir>/adapters).",
+        "also carries the adapter files its AdapterTrained events name, and the examples and latest "
+        "checkpoint of every training job that never ended; `load` writes them into the adapter directory "
+        "(NIGHTSHIFT_ADAPTERS_DIR or <data-dir>/adapters) and the trainer's store (NIGHTSHIFT_TRAINER_DIR or "
+        "<data-dir>/trainer), so a restored job resumes from its checkpoint.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
     save = verbs.add_parser("save", help="write every event of the running stack to FILE")
@@ -160,13 +189,20 @@ def add_parsers(sub) -> None:
         "--stream", action="append", choices=list(STREAMS), help="only this stream (repeatable; default all)"
     )
     save.add_argument(
-        "--data-dir", help="the stack's data dir, for its adapter files (default: NIGHTSHIFT_DATA_DIR)"
+        "--data-dir",
+        help="the stack's data dir, for its adapter files and jobs (default: NIGHTSHIFT_DATA_DIR)",
     )
-    save.add_argument("--no-adapters", action="store_true", help="events only, no adapter files")
+    save.add_argument(
+        "--no-files",
+        "--no-adapters",
+        dest="no_files",
+        action="store_true",
+        help="events only: no adapter files, no training checkpoints",
+    )
     save.set_defaults(func=cmd_save)
     load = verbs.add_parser("load", help="publish the events of FILE that JetStream does not hold yet")
     load.add_argument("file", metavar="FILE", nargs="+")
-    load.add_argument("--data-dir", help="where the adapter files go (default: NIGHTSHIFT_DATA_DIR)")
+    load.add_argument("--data-dir", help="where the adapter files and jobs go (default: NIGHTSHIFT_DATA_DIR)")
     load.set_defaults(func=cmd_load)
     show = verbs.add_parser("show", help="what an archive holds: events per stream and type")
     show.add_argument("file", metavar="FILE")

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FILE",
         help="publish this event archive (`nightshift archive save`) into JetStream and write its adapter "
-        "files into the adapter directory before the services start; what is already there is skipped "
+        "files and unfinished training jobs (examples, latest checkpoint) into the data dir before the "
+        "services start, so the jobs resume from their checkpoints; what is already there is skipped "
         "(repeatable)",
     )
     up.set_defaults(func=cmd_up)

@@ -17,7 +17,7 @@ from nightshift.config import DEFAULT_ADDRS, nats_url, service_addr
 from nightshift.natsserver import NatsServer
 from rich.console import Console
 
-from nightshift_cli.archive import adapters_dir_for, read_archives
+from nightshift_cli.archive import read_archives, roots_for
 from nightshift_cli.archive import restore as restore_archives
 from nightshift_cli.rpc import CliError, health
 
@@ -68,7 +68,7 @@ def run_stack(
         with console.status("starting nats-server (JetStream)"):
             nats.start()
         if archives:
-            asyncio.run(restore_archives(nats.url, archives, console, adapters_dir_for(data_dir)))
+            asyncio.run(restore_archives(nats.url, archives, console, roots_for(data_dir)))
         env = {**os.environ, "NIGHTSHIFT_DATA_DIR": str(data_dir), "NIGHTSHIFT_NATS_URL": nats.url}
         for name in services:
             addr = service_addr(name)

@@ -1,4 +1,4 @@
-"""`nightshift train`, `nightshift mix` and `nightshift adapters ...`: the trainer from the terminal."""
+"""`nightshift train`, `mix`, `jobs ...` and `adapters ...`: the trainer from the terminal."""
 
 from __future__ import annotations
 
@@ -47,13 +47,13 @@ def _follow(stub, job_id: str, console: Console, quiet: bool) -> T.Job:
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("step {task.completed:.0f}/{task.fields[steps]}"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
-        task = bar.add_task("queued", total=None, loss="-", rate="")
+        task = bar.add_task("queued", total=None, steps="?", loss="-", rate="")
         for update in stub.WatchJob(T.WatchJobRequest(job_id=job_id)):
             job = update.job
             p = job.progress
@@ -62,6 +62,7 @@ def _follow(stub, job_id: str, console: Console, quiet: bool) -> T.Job:
                 description=T.JobState.Name(job.state).removeprefix("JOB_").lower(),
                 completed=p.step,
                 total=p.total_steps or None,
+                steps=str(p.total_steps or "?"),
                 loss=f"{p.loss:.4f}" if p.step else "-",
                 rate=f"{p.tokens_per_second:.0f} tok/s" if p.tokens_per_second else "",
             )
@@ -91,7 +92,12 @@ def cmd_train(args) -> int:
             job = _follow(stub, job_id, console, quiet=args.json)
         except grpc.RpcError as exc:
             raise explain(exc, "trainer") from None
-    if args.json:
+    return _ended(job, console, args.json)
+
+
+def _ended(job: T.Job, console: Console, as_json: bool) -> int:
+    """Print how a job ended; exit 0 when it completed."""
+    if as_json:
         print(json.dumps(_as_dict(job), indent=2))
     elif job.state == T.JOB_COMPLETED:
         console.print(
@@ -102,6 +108,30 @@ def cmd_train(args) -> int:
     else:
         console.print(f"[red]{T.JobState.Name(job.state)}[/] {job.error}", highlight=False)
     return 0 if job.state == T.JOB_COMPLETED else 1
+
+
+def cmd_jobs(args) -> int:
+    console = Console(stderr=True)
+    with channel("trainer") as ch:
+        stub = trainer_pb2_grpc.TrainerStub(ch)
+        try:
+            if args.action == "show":
+                print(json.dumps(_as_dict(stub.GetJob(T.GetJobRequest(job_id=args.job_id)).job), indent=2))
+                return 0
+            if args.action == "cancel":
+                stub.CancelJob(T.CancelJobRequest(job_id=args.job_id))
+                if not args.json:
+                    console.print(f"job {args.job_id}: cancelled; it stops after the step it is on")
+                job = _follow(stub, args.job_id, console, quiet=True)
+                if args.json:
+                    print(json.dumps(_as_dict(job), indent=2))
+                else:
+                    console.print(f"job {args.job_id}: {T.JobState.Name(job.state)}", highlight=False)
+                return 0 if job.state == T.JOB_CANCELLED else 1
+            job = _follow(stub, args.job_id, console, quiet=args.json)
+        except grpc.RpcError as exc:
+            raise explain(exc, "trainer") from None
+    return _ended(job, console, args.json)
 
 
 def cmd_mix(args) -> int:
@@ -252,6 +282,25 @@ def add_parsers(sub) -> None:
     mix_args(mix)
     mix.add_argument("--out", metavar="FILE.jsonl")
     mix.set_defaults(func=cmd_mix)
+
+    jobs = sub.add_parser(
+        "jobs",
+        help="one training job: show, watch (live progress) or cancel (e.g. a cycle's night)",
+        description="A job's id is printed by `nightshift train --detach` and listed by `nightshift query "
+        '"select job_id, state, step, total_steps, loss from training_jobs"`. `watch` exits 0 when the '
+        "job completed, `cancel` when it was cancelled (a cycle whose night is cancelled fails).",
+    )
+    verbs = jobs.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("show", "the job in full (JSON): state, progress, device, adapter"),
+        ("watch", "follow the job until it ends: step, loss, tokens/s, time left"),
+        ("cancel", "stop the job after its current step; waits until it has stopped"),
+    ):
+        p = verbs.add_parser(name, help=text)
+        p.add_argument("job_id", metavar="JOB")
+        if name != "show":
+            p.add_argument("--json", action="store_true", help="print the ended job as JSON")
+    jobs.set_defaults(func=cmd_jobs)
 
     adapters = sub.add_parser("adapters", help="the adapter registry: list, show, promote, rollback")
     actions = adapters.add_subparsers(dest="action", required=True)

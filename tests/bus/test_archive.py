@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -55,8 +56,8 @@ async def target(tmp_path):
 
 async def test_a_saved_archive_restores_every_event_in_order_and_only_once(source, target, tmp_path):
     path = tmp_path / "events.jsonl.gz"
-    counts, adapters, missing = await archive.save(source, path)
-    assert counts == {"SANDBOX": 3, "EPISODES": 4} and adapters == missing == []
+    counts, carried = await archive.save(source, path)
+    assert counts == {"SANDBOX": 3, "EPISODES": 4} and carried == archive.Carried()
 
     header, records, files = archive.read(path)
     assert header["format"] == archive.FORMAT and header["counts"] == counts and files == []
@@ -89,7 +90,7 @@ async def test_a_store_holding_part_of_an_archive_gets_only_the_rest(source, tar
 
 
 async def test_only_the_named_streams_are_saved_and_unknown_ones_are_refused(source, tmp_path):
-    counts, _, _ = await archive.save(source, tmp_path / "sandbox.jsonl.gz", ["SANDBOX"])
+    counts, _ = await archive.save(source, tmp_path / "sandbox.jsonl.gz", ["SANDBOX"])
     assert counts == {"SANDBOX": 3}
     with pytest.raises(archive.ArchiveError, match="unknown stream 'NOPE'"):
         await archive.save(source, tmp_path / "x.jsonl.gz", ["NOPE"])
@@ -188,6 +189,33 @@ async def test_the_cli_saves_shows_and_loads_an_archive(source, target, nats_ser
     assert await stored(target) == await stored(source)
 
 
+async def test_the_cli_carries_a_running_job_between_data_dirs(source, target, nats_server, tmp_path):
+    job_store(tmp_path / "here" / "trainer", "job-7", [30])
+    await source.publish(events_pb2.TrainingJobRequested(job_id="job-7"))
+    path = tmp_path / "events.jsonl.gz"
+    saved = await asyncio.to_thread(
+        nightshift,
+        *("archive", "save", str(path), "--data-dir", str(tmp_path / "here")),
+        env={"NIGHTSHIFT_NATS_URL": nats_server.url},
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert "1 unfinished training jobs" in saved.stdout
+    assert "training job job-7: its examples and its checkpoint at step 30" in saved.stdout
+    shown = await asyncio.to_thread(nightshift, "archive", "show", str(path))
+    assert "training job job-7: trainer/jobs/job-7/work/checkpoints/step-000030/state.json" in shown.stdout
+    url = target._nc.connected_url.geturl()
+    trainer_dir = tmp_path / "elsewhere-trainer"  # NIGHTSHIFT_TRAINER_DIR wins over <data-dir>/trainer
+    loaded = await asyncio.to_thread(
+        nightshift,
+        *("archive", "load", str(path), "--data-dir", str(tmp_path / "there")),
+        env={"NIGHTSHIFT_NATS_URL": url, "NIGHTSHIFT_TRAINER_DIR": str(trainer_dir)},
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert "job job-7: its examples and its checkpoint at step 30 written to" in loaded.stdout
+    assert (trainer_dir / "jobs" / "job-7" / "work" / "checkpoints" / "step-000030" / "state.json").is_file()
+    assert not (tmp_path / "there" / "trainer").exists()
+
+
 def test_the_cli_refuses_a_bad_archive_before_starting_anything(tmp_path):
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(b"junk")
@@ -202,6 +230,10 @@ def trained(adapter_id: str) -> events_pb2.AdapterTrained:
     return events_pb2.AdapterTrained(adapter=trainer_pb2.Adapter(adapter_id=adapter_id, model="m"))
 
 
+def roots(base) -> archive.FileRoots:
+    return archive.FileRoots(base / "adapters", base / "trainer")
+
+
 async def test_adapter_files_travel_with_their_events_and_are_never_overwritten(source, target, tmp_path):
     adapters = tmp_path / "adapters"
     (adapters / "replay-1").mkdir(parents=True)
@@ -209,21 +241,91 @@ async def test_adapter_files_travel_with_their_events_and_are_never_overwritten(
     await source.publish(trained("replay-1"))
     await source.publish(trained("naive-2"))  # its file is gone
     path = tmp_path / "events.jsonl.gz"
-    counts, carried, missing = await archive.save(source, path, adapters_dir=adapters)
-    assert counts["ADAPTERS"] == 2 and carried == ["replay-1"] and missing == ["naive-2"]
+    counts, carried = await archive.save(source, path, roots=roots(tmp_path))
+    assert counts["ADAPTERS"] == 2
+    assert (carried.adapters, carried.missing_adapters, carried.jobs) == (["replay-1"], ["naive-2"], {})
 
     header, records, files = archive.read(path)
     assert header["files"] == ["adapters/replay-1/adapter.gguf"]
-    restored = tmp_path / "elsewhere" / "adapters"
-    assert archive.restore_files(files, restored) == (["replay-1"], [])
-    assert (restored / "replay-1" / "adapter.gguf").read_bytes() == (
+    elsewhere = roots(tmp_path / "elsewhere")
+    restored = archive.restore_files(files, elsewhere)
+    assert (restored.adapters, restored.adapters_present) == (["replay-1"], [])
+    assert (elsewhere.adapters / "replay-1" / "adapter.gguf").read_bytes() == (
         adapters / "replay-1" / "adapter.gguf"
     ).read_bytes()
-    assert archive.restore_files(files, restored) == ([], ["replay-1"])
-    (restored / "replay-1" / "adapter.gguf").write_bytes(b"another adapter")
+    assert archive.restore_files(files, elsewhere).adapters_present == ["replay-1"]
+    (elsewhere.adapters / "replay-1" / "adapter.gguf").write_bytes(b"another adapter")
     with pytest.raises(archive.ArchiveError, match="exists with other content"):
-        archive.restore_files(files, restored)
-    assert (restored / "replay-1" / "adapter.gguf").read_bytes() == b"another adapter"
+        archive.restore_files(files, elsewhere)
+    assert (elsewhere.adapters / "replay-1" / "adapter.gguf").read_bytes() == b"another adapter"
+
+
+def job_store(trainer, job_id: str, steps: list[int]) -> None:
+    """A trainer store's job directory: its mix and checkpoints at `steps` (the last incomplete when
+    it is negative: no state.json)."""
+    job = trainer / "jobs" / job_id
+    job.mkdir(parents=True)
+    (job / "examples.json").write_text(json.dumps([{"example_id": job_id}]))
+    for step in steps:
+        checkpoint = job / "work" / "checkpoints" / f"step-{abs(step):06d}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "lora.safetensors").write_bytes(f"lora {job_id} {step}".encode())
+        (checkpoint / "optimizer.pt").write_bytes(os.urandom(64))
+        if step > 0:
+            (checkpoint / "state.json").write_text(json.dumps({"step": step}))
+
+
+async def test_unfinished_jobs_travel_with_their_mix_and_latest_complete_checkpoint(source, tmp_path):
+    here, there = roots(tmp_path / "here"), roots(tmp_path / "there")
+    job_store(here.trainer, "running", [10, 20, -30])  # step 30 was being written
+    job_store(here.trainer, "queued", [])
+    job_store(here.trainer, "done", [10])
+    for job_id in ("running", "queued", "done", "lost"):
+        await source.publish(events_pb2.TrainingJobRequested(job_id=job_id))
+    await source.publish(events_pb2.TrainingJobCompleted(job_id="done", adapter_id="naive-done"))
+    path = tmp_path / "events.jsonl.gz"
+    _, carried = await archive.save(source, path, roots=here)
+    assert carried.jobs == {"running": 20, "queued": 0} and carried.missing_jobs == ["lost"]
+
+    _, _, files = archive.read(path)
+    assert sorted(f.path for f in files) == [
+        "trainer/jobs/queued/examples.json",
+        "trainer/jobs/running/examples.json",
+        "trainer/jobs/running/work/checkpoints/step-000020/lora.safetensors",
+        "trainer/jobs/running/work/checkpoints/step-000020/optimizer.pt",
+        "trainer/jobs/running/work/checkpoints/step-000020/state.json",
+    ]
+    restored = archive.restore_files(files, there)
+    assert restored.jobs == {"running": 20, "queued": 0} and restored.jobs_present == []
+    for name in ("lora.safetensors", "optimizer.pt", "state.json"):
+        relative = f"jobs/running/work/checkpoints/step-000020/{name}"
+        assert (there.trainer / relative).read_bytes() == (here.trainer / relative).read_bytes()
+    assert not list((there.trainer / "jobs" / "running" / "work" / "checkpoints").glob(".*"))
+
+    # A store whose job got further keeps its own checkpoint; a job's mix names one mix.
+    shutil.rmtree(there.trainer)
+    job_store(there.trainer, "running", [40])
+    again = archive.restore_files(files, there)
+    assert again.jobs == {"queued": 0} and again.jobs_present == ["running"]
+    assert not (there.trainer / "jobs" / "running" / "work" / "checkpoints" / "step-000020").exists()
+    (there.trainer / "jobs" / "queued" / "examples.json").write_text("[]")
+    with pytest.raises(archive.ArchiveError, match="queued/examples.json exists with other content"):
+        archive.restore_files(files, there)
+
+
+def test_an_archived_checkpoint_missing_one_of_its_files_is_refused(tmp_path):
+    path = tmp_path / "bad.gz"
+    lines = [
+        {
+            "file": f"trainer/jobs/j/work/checkpoints/step-000010/{name}",
+            "data": base64.b64encode(b"x").decode(),
+            "sha256": hashlib.sha256(b"x").hexdigest(),
+        }
+        for name in ("lora.safetensors", "state.json")
+    ]
+    path.write_bytes(gzip.compress(HEADER + b"".join(json.dumps(line).encode() + b"\n" for line in lines)))
+    with pytest.raises(archive.ArchiveError, match="job j's checkpoint step-000010 has 2 of its files"):
+        archive.read(path)
 
 
 @pytest.mark.parametrize(
@@ -232,6 +334,17 @@ async def test_adapter_files_travel_with_their_events_and_are_never_overwritten(
         (
             {"file": "../../etc/passwd", "sha256": hashlib.sha256(b"x").hexdigest()},
             "is not an adapters/<id>/",
+        ),
+        (
+            {
+                "file": "trainer/jobs/j/work/checkpoints/step-1/state.json",
+                "sha256": hashlib.sha256(b"x").hexdigest(),
+            },
+            "nor a training job's examples or checkpoint file",
+        ),
+        (
+            {"file": "trainer/episodes.sqlite", "sha256": hashlib.sha256(b"x").hexdigest()},
+            "nor a training job's examples or checkpoint file",
         ),
         ({"file": "adapters/a/adapter.gguf", "sha256": "0" * 64}, "does not match its sha256"),
         ({"file": "adapters/a/adapter.gguf"}, "not a file record"),

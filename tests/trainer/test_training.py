@@ -11,8 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from nightshift import archive, events  # noqa: E402
 from nightshift.chat import answer_for  # noqa: E402
 from nightshift.models import ModelStore  # noqa: E402
+from nightshift.v1 import events_pb2  # noqa: E402
 from nightshift_trainer.examples import make_example  # noqa: E402
 from nightshift_trainer.presets import PresetError, resolve_preset  # noqa: E402
 from nightshift_trainer.training import (  # noqa: E402
@@ -216,6 +218,45 @@ def test_cancel_then_resume_gives_the_uninterrupted_adapter(tiny_model, tmp_path
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_carried_by_an_event_archive_resumes_on_another_store(tiny_model, tmp_path):
+    """The archive's job layout is the trainer's: a job cut short on one store, saved with `nightshift
+    archive save` and restored into an empty one, finishes there with the uninterrupted adapter."""
+    preset = fast(max_steps=10, checkpoint_every=4)
+    whole = train_adapter(
+        model_path=tiny_model, examples=sft_examples(), preset=preset, work_dir=tmp_path / "a"
+    )
+    here, there = (archive.FileRoots(tmp_path / n / "adapters", tmp_path / n / "trainer") for n in ("x", "y"))
+    job = here.trainer / "jobs" / "job-1"
+    job.mkdir(parents=True)
+    (job / "examples.json").write_text("[]")
+    asked = []
+    with pytest.raises(TrainingCancelled):
+        train_adapter(
+            model_path=tiny_model,
+            examples=sft_examples(),
+            preset=preset,
+            work_dir=job / "work",
+            should_stop=lambda: asked.append(1) or len(asked) > 6,
+        )
+    requested = events.wrap(events_pb2.TrainingJobRequested(job_id="job-1"))
+    records = [archive.Record("TRAINING", "training.job.requested", requested)]
+    files, steps, missing = archive.job_files(records, here.trainer)
+    assert steps == {"job-1": 6} and missing == []
+    archive.write(tmp_path / "events.jsonl.gz", records, files)
+
+    _, _, carried = archive.read(tmp_path / "events.jsonl.gz")
+    assert archive.restore_files(carried, there).jobs == {"job-1": 6}
+    resumed = train_adapter(
+        model_path=tiny_model,
+        examples=sft_examples(),
+        preset=preset,
+        work_dir=there.trainer / "jobs" / "job-1" / "work",
+    )
+    assert (resumed.resumed_from_step, resumed.steps) == (6, whole.steps)
+    for key, value in adapter_tensors(whole.peft_dir).items():
+        torch.testing.assert_close(adapter_tensors(resumed.peft_dir)[key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_a_crash_resumes_from_the_last_periodic_checkpoint(tiny_model, tmp_path):

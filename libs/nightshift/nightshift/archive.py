@@ -15,10 +15,18 @@ is written with a zero gzip timestamp: the same events give the same bytes.
 Loading is idempotent: an event whose id is already in its stream is skipped, so loading an archive
 twice, or into a store that holds part of it, publishes each event once.
 
-An archive also carries the adapter files its AdapterTrained events name, so a restored registry's
-adapters can be served: lines {"file": "adapters/<adapter_id>/adapter.gguf", "sha256", "data"} (base64),
-written back under the adapter directory on restore. A file already there with other bytes is refused,
-never overwritten.
+An archive also carries files, as lines {"file": PATH, "sha256", "data"} (base64), so that what the
+events name can be used after a restore (PATH is relative to the data dir's layout; `FileRoots` maps it
+onto the stack's directories):
+
+- `adapters/<adapter_id>/adapter.gguf`: the file of every adapter an AdapterTrained event names, so a
+  restored registry's adapters can be served. A file already there with other bytes is refused, never
+  overwritten.
+- `trainer/jobs/<job_id>/examples.json` and `trainer/jobs/<job_id>/work/checkpoints/step-NNNNNN/{lora.
+  safetensors, optimizer.pt, state.json}`: the mix and the latest complete checkpoint of every training
+  job that was requested and never ended (the trainer's layout, services/trainer jobs.py and
+  training.py), so a job cut short by the end of a working session resumes from its checkpoint on the
+  next machine instead of from step 0. A checkpoint is written only where the job has none as far along.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import heapq
 import json
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -41,8 +50,16 @@ from nightshift.v1 import events_pb2
 
 FORMAT = "nightshift-events/1"
 ADAPTER_FILE = "adapter.gguf"
-# The only files an archive may carry, relative to the adapter directory's parent.
-_FILE_PATH = re.compile(r"adapters/([A-Za-z0-9][A-Za-z0-9._-]*)/adapter\.gguf")
+EXAMPLES_FILE = "examples.json"
+CHECKPOINT_FILES = ("lora.safetensors", "optimizer.pt", "state.json")  # state.json marks it complete
+_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# The only files an archive may carry.
+_ADAPTER_PATH = re.compile(rf"adapters/(?P<owner>{_ID})/adapter\.gguf")
+_JOB_PATH = re.compile(
+    rf"trainer/jobs/(?P<owner>{_ID})/(?:examples\.json|work/checkpoints/(?P<step>step-\d{{6}})/"
+    rf"(?:{'|'.join(re.escape(name) for name in CHECKPOINT_FILES)}))"
+)
+_TERMINAL_JOB_EVENTS = (".TrainingJobCompleted", ".TrainingJobFailed", ".TrainingJobCancelled")
 
 
 class ArchiveError(ValueError):
@@ -75,14 +92,29 @@ class Record:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """An adapter file: `adapters/<adapter_id>/adapter.gguf` and its bytes."""
+    """A carried file: its path in the data dir's layout (an adapter's or a job's) and its bytes."""
 
     path: str
     data: bytes
 
     @property
+    def kind(self) -> str:
+        return "adapter" if self.path.startswith("adapters/") else "job"
+
+    @property
+    def owner(self) -> str:
+        """The adapter id or the job id the file belongs to."""
+        return self.path.split("/")[1 if self.kind == "adapter" else 2]
+
+    @property
     def adapter_id(self) -> str:
-        return self.path.split("/")[1]
+        return self.owner
+
+    @property
+    def checkpoint(self) -> str:
+        """`step-NNNNNN` for a checkpoint's file, else ""."""
+        match = _JOB_PATH.fullmatch(self.path)
+        return (match["step"] or "") if match else ""
 
     def line(self) -> str:
         return json.dumps(
@@ -93,6 +125,40 @@ class FileRecord:
             },
             sort_keys=True,
         )
+
+
+@dataclass(frozen=True)
+class FileRoots:
+    """Where a stack keeps the directories an archive's files go to: its adapter directory and the
+    trainer's store (NIGHTSHIFT_ADAPTERS_DIR and NIGHTSHIFT_TRAINER_DIR, by default <data-dir>/adapters
+    and <data-dir>/trainer)."""
+
+    adapters: Path
+    trainer: Path
+
+    def target(self, f: FileRecord) -> Path:
+        head, rest = f.path.split("/", 1)
+        return Path(self.adapters if head == "adapters" else self.trainer) / rest
+
+
+@dataclass
+class Carried:
+    """What a save put in the archive besides events."""
+
+    adapters: list[str] = field(default_factory=list)  # adapter ids with their file
+    missing_adapters: list[str] = field(default_factory=list)  # trained adapters without a file
+    jobs: dict[str, int] = field(default_factory=dict)  # unfinished job id -> checkpoint step (0: none)
+    missing_jobs: list[str] = field(default_factory=list)  # unfinished jobs without their examples
+
+
+@dataclass
+class Restored:
+    """What a restore wrote, and what it found already there."""
+
+    adapters: list[str] = field(default_factory=list)
+    adapters_present: list[str] = field(default_factory=list)
+    jobs: dict[str, int] = field(default_factory=dict)  # job id -> checkpoint step written (0: mix only)
+    jobs_present: list[str] = field(default_factory=list)  # left as they were: same mix, as far along
 
 
 @dataclass
@@ -168,6 +234,13 @@ def read(path: Path) -> tuple[dict, list[Record], list[FileRecord]]:
             files.append(_file_record(path, number, obj))
         else:
             records.append(_record(path, number, obj))
+    groups = Counter((f.owner, f.checkpoint) for f in files if f.checkpoint)
+    for (job_id, step), n in groups.items():
+        if n != len(CHECKPOINT_FILES):
+            raise ArchiveError(
+                f"{path}: job {job_id}'s checkpoint {step} has {n} of its files "
+                f"({', '.join(CHECKPOINT_FILES)})"
+            )
     return header, records, files
 
 
@@ -178,8 +251,11 @@ def _file_record(path: Path, number: int, obj: dict) -> FileRecord:
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         raise ArchiveError(f"{path}: line {number}: not a file record ({reason})") from None
-    if not isinstance(name, str) or not _FILE_PATH.fullmatch(name):
-        raise ArchiveError(f"{path}: line {number}: {name!r} is not an adapters/<id>/{ADAPTER_FILE} path")
+    if not isinstance(name, str) or not (_ADAPTER_PATH.fullmatch(name) or _JOB_PATH.fullmatch(name)):
+        raise ArchiveError(
+            f"{path}: line {number}: {name!r} is not an adapters/<id>/{ADAPTER_FILE} path "
+            "nor a training job's examples or checkpoint file"
+        )
     if hashlib.sha256(data).hexdigest() != digest:
         raise ArchiveError(f"{path}: line {number}: {name} does not match its sha256")
     return FileRecord(name, data)
@@ -219,41 +295,141 @@ def adapter_files(records: Iterable[Record], adapters_dir: Path) -> tuple[list[F
         adapter_id = events.unwrap(r.envelope).adapter.adapter_id
         relative = f"adapters/{adapter_id}/{ADAPTER_FILE}"
         source = Path(adapters_dir) / adapter_id / ADAPTER_FILE
-        if _FILE_PATH.fullmatch(relative) and source.is_file():
+        if _ADAPTER_PATH.fullmatch(relative) and source.is_file():
             files.append(FileRecord(relative, source.read_bytes()))
         else:
             missing.append(adapter_id)
     return files, missing
 
 
-async def save(
-    bus, path: Path, streams: Iterable[str] | None = None, adapters_dir: Path | None = None
-) -> tuple[dict[str, int], list[str], list[str]]:
-    """Write the archive; (events per stream, adapter ids whose files it holds, ids it found no file for)."""
-    records = merged(await collect(bus, streams))
-    files, missing = adapter_files(records, adapters_dir) if adapters_dir is not None else ([], [])
-    return write(path, records, files), [f.adapter_id for f in files], missing
+def unfinished_jobs(records: Iterable[Record]) -> list[str]:
+    """Ids of the training jobs the records request and never end (completed, failed or cancelled)."""
+    requested: dict[str, None] = {}
+    ended: set[str] = set()
+    for r in records:
+        kind = r.envelope.type
+        if kind.endswith(".TrainingJobRequested"):
+            requested.setdefault(events.unwrap(r.envelope).job_id, None)
+        elif kind.endswith(_TERMINAL_JOB_EVENTS):
+            ended.add(events.unwrap(r.envelope).job_id)
+    return [job_id for job_id in requested if job_id not in ended]
 
 
-def restore_files(files: Iterable[FileRecord], adapters_dir: Path) -> tuple[list[str], list[str]]:
-    """Write each adapter file under `adapters_dir`; (ids written, ids already there with the same bytes).
+def _checkpoints(work: Path) -> list[Path]:
+    """The complete checkpoints under a job's work dir (state.json is written last), oldest first."""
+    found = [p for p in (work / "checkpoints").glob("step-*") if re.fullmatch(r"step-\d{6}", p.name)]
+    return sorted((p for p in found if (p / "state.json").is_file()), key=lambda p: p.name)
 
-    A file already there with other bytes raises ArchiveError: an adapter id names one adapter."""
-    written: list[str] = []
-    present: list[str] = []
-    for f in files:
-        target = Path(adapters_dir) / f.adapter_id / ADAPTER_FILE
-        if target.exists():
-            if target.read_bytes() != f.data:
-                raise ArchiveError(f"{target} exists with other content than the archive's {f.path}")
-            present.append(f.adapter_id)
+
+def _step(checkpoints: list[Path]) -> int:
+    return int(checkpoints[-1].name[5:]) if checkpoints else 0
+
+
+def _latest_checkpoint(work: Path, attempts: int = 5) -> tuple[int, list[tuple[str, bytes]]]:
+    """(step, [(file name, bytes)]) of the newest complete checkpoint under `work`, (0, []) if none.
+
+    The trainer may replace its checkpoint while it is read (a new step-N appears, the older is
+    removed); a checkpoint that vanishes mid-read is looked for again."""
+    for _ in range(attempts):
+        checkpoints = _checkpoints(work)
+        if not checkpoints:
+            return 0, []
+        try:
+            return _step(checkpoints), [(n, (checkpoints[-1] / n).read_bytes()) for n in CHECKPOINT_FILES]
+        except FileNotFoundError:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{ADAPTER_FILE}.{os.getpid()}.tmp")
-        tmp.write_bytes(f.data)
-        os.replace(tmp, target)
-        written.append(f.adapter_id)
-    return written, present
+    raise ArchiveError(f"{work / 'checkpoints'}: the checkpoint kept changing while it was read; save again")
+
+
+def job_files(
+    records: Iterable[Record], trainer_dir: Path
+) -> tuple[list[FileRecord], dict[str, int], list[str]]:
+    """The mix and latest checkpoint of every unfinished job; (files, job id -> step, ids without a mix)."""
+    files: list[FileRecord] = []
+    steps: dict[str, int] = {}
+    missing: list[str] = []
+    for job_id in unfinished_jobs(records):
+        base = f"trainer/jobs/{job_id}"
+        source = Path(trainer_dir) / "jobs" / job_id
+        if not _JOB_PATH.fullmatch(f"{base}/{EXAMPLES_FILE}") or not (source / EXAMPLES_FILE).is_file():
+            missing.append(job_id)
+            continue
+        files.append(FileRecord(f"{base}/{EXAMPLES_FILE}", (source / EXAMPLES_FILE).read_bytes()))
+        step, checkpoint = _latest_checkpoint(source / "work")
+        files += [FileRecord(f"{base}/work/checkpoints/step-{step:06d}/{n}", data) for n, data in checkpoint]
+        steps[job_id] = step
+    return files, steps, missing
+
+
+async def save(
+    bus, path: Path, streams: Iterable[str] | None = None, roots: FileRoots | None = None
+) -> tuple[dict[str, int], Carried]:
+    """Write the archive; (events per stream, the files it carries: adapters and unfinished jobs)."""
+    records = merged(await collect(bus, streams))
+    carried = Carried()
+    files: list[FileRecord] = []
+    if roots is not None:
+        adapters, carried.missing_adapters = adapter_files(records, roots.adapters)
+        jobs, carried.jobs, carried.missing_jobs = job_files(records, roots.trainer)
+        carried.adapters = [f.owner for f in adapters]
+        files = adapters + jobs
+    return write(path, records, files), carried
+
+
+def _write_file(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def _same_or_absent(target: Path, f: FileRecord) -> bool:
+    """True when `target` holds f's bytes, False when it is absent; ArchiveError when it differs."""
+    if not target.exists():
+        return False
+    if target.read_bytes() != f.data:
+        raise ArchiveError(f"{target} exists with other content than the archive's {f.path}")
+    return True
+
+
+def restore_files(files: Iterable[FileRecord], roots: FileRoots) -> Restored:
+    """Write the archive's files under `roots`.
+
+    An adapter file or a job's mix already there with other bytes raises ArchiveError (an id names one
+    adapter, one job). A job's checkpoint is written (into a partial directory renamed into place, so
+    the trainer never sees half of it) only when the job has no complete checkpoint as far along."""
+    result = Restored()
+    checkpoints: dict[tuple[str, str], list[FileRecord]] = {}
+    for f in files:
+        if f.checkpoint:
+            checkpoints.setdefault((f.owner, f.checkpoint), []).append(f)
+            continue
+        target = roots.target(f)
+        present = _same_or_absent(target, f)
+        if not present:
+            _write_file(target, f.data)
+        if f.kind == "adapter":
+            (result.adapters_present if present else result.adapters).append(f.owner)
+        elif present:
+            result.jobs_present.append(f.owner)
+        else:
+            result.jobs[f.owner] = 0
+    for (job_id, name), group in checkpoints.items():
+        step = int(name[5:])
+        final = roots.target(group[0]).parent
+        if _step(_checkpoints(final.parent.parent)) >= step:
+            continue  # the job got as far here: its own checkpoint stays
+        partial = final.with_name(f".{name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for f in sorted(group, key=lambda f: f.path.endswith("/state.json")):  # state.json last
+            (partial / f.path.rsplit("/", 1)[1]).write_bytes(f.data)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        result.jobs[job_id] = step
+        if job_id in result.jobs_present:
+            result.jobs_present.remove(job_id)
+    return result
 
 
 async def load(bus, records: list[Record], progress: Callable[[int, int], None] | None = None) -> LoadResult:
