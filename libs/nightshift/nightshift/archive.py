@@ -107,10 +107,6 @@ class FileRecord:
         return self.path.split("/")[1 if self.kind == "adapter" else 2]
 
     @property
-    def adapter_id(self) -> str:
-        return self.owner
-
-    @property
     def checkpoint(self) -> str:
         """`step-NNNNNN` for a checkpoint's file, else ""."""
         match = _JOB_PATH.fullmatch(self.path)
