@@ -60,7 +60,10 @@ def cmd_cycle(args) -> int:
     with channel("evaluator") as ch:
         stub = evaluator_pb2_grpc.EvaluatorStub(ch)
         try:
-            cycle_id = args.resume or stub.StartCycle(request).cycle_id
+            if args.retry:
+                cycle_id = stub.RetryCycle(E.RetryCycleRequest(cycle_id=args.retry)).status.cycle_id
+            else:
+                cycle_id = args.resume or stub.StartCycle(request).cycle_id
             if args.detach:
                 print(cycle_id)
                 return 0
@@ -102,8 +105,12 @@ def _follow(stub, cycle_id: str, console: Console, quiet: bool) -> E.CycleStatus
 
 
 def cmd_report(args) -> int:
+    cycles = args.cycle or []
     request = E.GetReportRequest(
-        run_id=args.run_id, compare_run_id=args.compare or "", cycle_id=args.cycle or ""
+        run_id=args.run_id,
+        compare_run_id=args.compare or "",
+        cycle_id=cycles[0] if cycles else "",
+        compare_cycle_ids=cycles[1:],
     )
     with channel("evaluator") as ch:
         try:
@@ -193,8 +200,15 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="0.5B, smoke set by day, one attempt, a few training steps, one family",
     )
-    cycle.add_argument(
+    follow = cycle.add_mutually_exclusive_group()
+    follow.add_argument(
         "--resume", metavar="CYCLE_ID", help="follow an existing cycle run instead of starting one"
+    )
+    follow.add_argument(
+        "--retry",
+        metavar="CYCLE_ID",
+        help="drive a failed cycle run again from the phase that failed (its finished work is kept), "
+        "and follow it",
     )
     cycle.add_argument("--detach", action="store_true", help="print the cycle id and return at once")
     cycle.add_argument("--json", action="store_true")
@@ -205,7 +219,13 @@ def add_parsers(sub) -> None:
     )
     report.add_argument("run_id", metavar="RUN")
     report.add_argument("--compare", metavar="RUN2", help="baseline run: regressions and gains koan by koan")
-    report.add_argument("--cycle", metavar="CYCLE_ID", help="add the learning curve and forgetting matrix")
+    report.add_argument(
+        "--cycle",
+        metavar="CYCLE_ID",
+        action="append",
+        help="add the learning curve and forgetting matrix of this cycle run; given again, the other cycle "
+        "runs' curves are drawn with it (recipes.png: recipes compared)",
+    )
     report.add_argument("--out", metavar="DIR", help="default reports/RUN")
     report.add_argument("--json", action="store_true", help="print summary.json")
     report.set_defaults(func=cmd_report)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import re
+import threading
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -30,6 +33,7 @@ from nightshift.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
+from nightshift_evaluator import cycle as saga_module
 from nightshift_evaluator.config import EvaluatorConfig
 from nightshift_evaluator.server import start as start_evaluator
 from nightshift_trainer import pipeline
@@ -59,6 +63,7 @@ class LearningAgent(agent_pb2_grpc.AgentServicer):
         self.champion = ""
         self.submissions: Counter = Counter()
         self._tasks: set[asyncio.Task] = set()
+        self.hold: asyncio.Event | None = None  # when set by a test, tasks wait for it
 
     async def follow_champion(self, stop: asyncio.Event) -> None:
         async def apply(delivery):
@@ -89,6 +94,8 @@ class LearningAgent(agent_pb2_grpc.AgentServicer):
         return A.SubmitTaskResponse(task_id=task_id)
 
     async def _work(self, task_id, request, koan) -> None:
+        if self.hold is not None:
+            await self.hold.wait()
         prompt = f"Fix the Rust program below.\n\n```rust\n{koan.broken}\n```"
         fails_first = request.adapter_id == "none" and koan.id in BASE_FAILS
         attempts = []
@@ -188,30 +195,54 @@ async def world(nats_server, tmp_path, monkeypatch):
     await agent_server.start()
     stop = asyncio.Event()
     follower = asyncio.create_task(agent.follow_champion(stop))
-    trainer = await start_trainer(
-        TrainerConfig(
-            addr="127.0.0.1:0",
-            nats_url=nats_server.url,
-            store_dir=tmp_path / "trainer",
-            adapters_dir=adapters_dir,
-            model=MODEL,
-            threads=1,
-        )
+    trainer_config = TrainerConfig(
+        addr="127.0.0.1:0",
+        nats_url=nats_server.url,
+        store_dir=tmp_path / "trainer",
+        adapters_dir=adapters_dir,
+        model=MODEL,
+        threads=1,
     )
+    trainer = await start_trainer(trainer_config)
+    # a restarted trainer comes back on the same port
+    trainer_config = dataclasses.replace(trainer_config, addr=f"127.0.0.1:{trainer.port}")
     config = EvaluatorConfig(
         addr="127.0.0.1:0",
         nats_url=nats_server.url,
         db_path=tmp_path / "evaluator" / "db.duckdb",
         agent_addr=f"127.0.0.1:{agent_server.port}",
-        trainer_addr=f"127.0.0.1:{trainer.port}",
+        trainer_addr=trainer_config.addr,
     )
-    yield bus, agent, config
+    world = World(bus, agent, config, trainer_config, [trainer])
+    yield world
     stop.set()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(follower, 5)
-    await trainer.stop()
+    for running in world.trainers:
+        with contextlib.suppress(Exception):
+            await running.stop()
     await agent_server.stop(0.5)
     await bus.close()
+
+
+@dataclasses.dataclass
+class World:
+    """The services around the evaluator under test; unpacks as (bus, agent, evaluator config)."""
+
+    bus: EventBus
+    agent: LearningAgent
+    config: EvaluatorConfig
+    trainer_config: TrainerConfig
+    trainers: list
+
+    def __iter__(self):
+        return iter((self.bus, self.agent, self.config))
+
+    async def stop_trainer(self) -> None:
+        await self.trainers.pop().stop()
+
+    async def start_trainer(self) -> None:
+        self.trainers.append(await start_trainer(self.trainer_config))
 
 
 REQUEST = E.StartCycleRequest(
@@ -257,6 +288,20 @@ async def test_two_rounds_promote_a_gain_and_reject_a_tie(world):
             names = {f.name for f in report.files}
             assert {"report.md", "summary.json", "learning_curve.png"} <= names
             assert first.candidate_frozen_run_id in report.markdown
+            # The curve shows every round's candidate beside the champion, with the gate's decision.
+            summary = json.loads(next(f.content for f in report.files if f.name == "summary.json"))
+            curve = summary["learning_curve"]
+            assert [p["cycle"] for p in curve] == [0, 1, 2]
+            assert curve[0]["candidate"] is None
+            assert (curve[1]["candidate"]["run_id"], curve[1]["candidate"]["promoted"]) == (
+                first.candidate_frozen_run_id,
+                True,
+            )
+            assert curve[1]["candidate"]["gains"] == 1 and curve[1]["run_id"] == first.candidate_frozen_run_id
+            assert curve[2]["candidate"]["adapter_id"] == second.adapter_id
+            assert curve[2]["candidate"]["promoted"] is False
+            assert curve[2]["run_id"] == first.candidate_frozen_run_id  # the champion stayed
+            assert "| rejected |" in report.markdown and "| promoted |" in report.markdown
             created = next(line for line in report.markdown.splitlines() if line.startswith("| created |"))
             assert re.search(r"\| \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 \|", created), created
     finally:
@@ -340,6 +385,112 @@ async def test_bad_cycle_requests_name_the_field(world):
         await evaluator.stop()
 
 
+@pytest.fixture
+def impatient(monkeypatch):
+    """The saga gives up on an unreachable service after 2 calls of 2 s; `patient()` restores the default."""
+    monkeypatch.setattr(saga_module, "CALL_ATTEMPTS", 2)
+    monkeypatch.setattr(saga_module, "CALL_SECONDS", 2.0)
+    # once the service is back, a loaded machine may answer slowly
+    return lambda: monkeypatch.setattr(saga_module, "CALL_SECONDS", 30.0)
+
+
+def one_round() -> E.StartCycleRequest:
+    one = E.StartCycleRequest()
+    one.CopyFrom(REQUEST)
+    one.cycles = 1
+    return one
+
+
+async def test_a_trainer_down_during_the_night_is_waited_for(world, monkeypatch, impatient):
+    """The night's job goes on in the trainer: an unreachable trainer delays the cycle, never fails it."""
+    release, started = threading.Event(), threading.Event()
+
+    def slow_pipeline(**kwargs):
+        started.set()
+        release.wait(60)
+        return instant_pipeline(**kwargs)
+
+    monkeypatch.setattr(pipeline, "train_export_verify", slow_pipeline)
+    evaluator = await start_evaluator(world.config)
+    try:
+        async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+            stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+            cycle_id = (await stub.StartCycle(one_round())).cycle_id
+            assert await asyncio.to_thread(started.wait, 60)
+            # The trainer goes away mid-job; the saga keeps asking well past its 2 attempts.
+            stopping = asyncio.create_task(world.stop_trainer())
+            release.set()
+            await stopping
+            await asyncio.sleep(12.0)  # well past 2 attempts of 2 s and the pause between
+            status = (await stub.GetCycle(E.GetCycleRequest(cycle_id=cycle_id))).status
+            assert (status.state, status.phase) == ("running", "night"), status.error
+            # Back on the same store, the trainer runs the job again and the cycle goes on.
+            await world.start_trainer()
+            impatient()
+            status = await wait_for_cycle(stub, cycle_id)
+            assert status.state == "done", status.error
+            assert status.rounds[0].decision.promote
+    finally:
+        await evaluator.stop()
+
+
+async def test_a_failed_cycle_is_retried_from_the_phase_that_failed(world, impatient):
+    bus = world.bus
+    evaluator = await start_evaluator(world.config)
+    try:
+        async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+            stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.RetryCycle(E.RetryCycleRequest(cycle_id="ghost"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            assert info.value.details().startswith("cycle_id:")
+            # The trainer goes away while the day is worked: the night cannot ask for a job and fails.
+            world.agent.hold = asyncio.Event()
+            cycle_id = (await stub.StartCycle(one_round())).cycle_id
+            while not world.agent.submissions:
+                await asyncio.sleep(0.05)
+            await world.stop_trainer()
+            world.agent.hold.set()
+            status = await wait_for_cycle(stub, cycle_id)
+            assert status.state == "failed" and "trainer is not reachable" in status.error, status
+            day_run = status.rounds[0].day_run_id
+            # Retried while the trainer is still down, it fails again at the night, with its own event.
+            again = (await stub.RetryCycle(E.RetryCycleRequest(cycle_id=cycle_id))).status
+            assert (again.state, again.phase, again.retries) == ("running", "night", 1)
+            again = await wait_for_cycle(stub, cycle_id)
+            assert again.state == "failed" and again.retries == 1, again
+            await world.start_trainer()
+            impatient()
+            retried = (await stub.RetryCycle(E.RetryCycleRequest(cycle_id=cycle_id))).status
+            assert (retried.state, retried.phase, retried.retries) == ("running", "night", 2)
+            status = await wait_for_cycle(stub, cycle_id)
+            assert status.state == "done", status.error
+            assert status.retries == 2 and status.error == ""
+            assert status.rounds[0].day_run_id == day_run  # the day was not worked again
+            assert status.rounds[0].decision.promote
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.RetryCycle(E.RetryCycleRequest(cycle_id=cycle_id))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "is done; only a failed one can be retried" in info.value.details()
+    finally:
+        await evaluator.stop()
+    # Every event of the cycle run is there once: two failures, two retries, one day, one night.
+    phases = [
+        d.event
+        for d in await bus.read_all("EVALUATION")
+        if isinstance(d.event, events_pb2.CyclePhaseCompleted | events_pb2.CyclePhaseStarted)
+        and d.event.cycle_id == cycle_id
+    ]
+    failed = [e for e in phases if isinstance(e, events_pb2.CyclePhaseCompleted) and e.phase == "failed"]
+    retries = [e.retry for e in phases if isinstance(e, events_pb2.CyclePhaseStarted) and e.retry]
+    assert len(failed) == 2 and retries == [1, 2]
+    days = [e for e in phases if isinstance(e, events_pb2.CyclePhaseStarted) and e.phase == "day"]
+    assert len(days) == 1
+    assert (
+        sum(isinstance(d.event, events_pb2.TrainingJobRequested) for d in await bus.read_all("TRAINING")) == 1
+    )
+
+
 async def wait_for_run(stub, run_id: str, timeout: float = 60.0) -> E.EvaluationSummary:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -353,9 +504,7 @@ async def wait_for_run(stub, run_id: str, timeout: float = 60.0) -> E.Evaluation
 async def test_finished_runs_that_measured_the_same_thing_are_reused_unless_fresh(world):
     bus, agent, config = world
     evaluator = await start_evaluator(config)
-    one = E.StartCycleRequest()
-    one.CopyFrom(REQUEST)
-    one.cycles = 1
+    one = one_round()
     try:
         async with grpc.aio.insecure_channel(evaluator.addr) as channel:
             stub = evaluator_pb2_grpc.EvaluatorStub(channel)
@@ -421,5 +570,43 @@ async def test_finished_runs_that_measured_the_same_thing_are_reused_unless_fres
             (r4,) = fourth.rounds
             assert r4.day_run_id != r1.day_run_id
             assert r4.champion_frozen_run_id not in (baseline["frozen"], "")
+
+            # A report can draw several cycle runs' curves together (recipes compared).
+            report = await stub.GetReport(
+                E.GetReportRequest(
+                    run_id=r1.candidate_frozen_run_id,
+                    cycle_id=first.cycle_id,
+                    compare_cycle_ids=[second.cycle_id],
+                )
+            )
+            assert "recipes.png" in {f.name for f in report.files}
+            summary = json.loads(next(f.content for f in report.files if f.name == "summary.json"))
+            runs = summary["cycle_runs"]
+            assert [(c["cycle_id"], c["label"]) for c in runs] == [
+                (first.cycle_id, "replay"),
+                (second.cycle_id, "replay"),
+            ]
+            assert runs[1]["curve"][1]["candidate"]["run_id"] == r2.candidate_frozen_run_id
+            assert f"--cycle {first.cycle_id} --cycle {second.cycle_id}" in summary["command"]
+            for request, code, field in (
+                (
+                    E.GetReportRequest(
+                        run_id=r1.candidate_frozen_run_id,
+                        cycle_id=first.cycle_id,
+                        compare_cycle_ids=["ghost"],
+                    ),
+                    grpc.StatusCode.NOT_FOUND,
+                    "compare_cycle_ids",
+                ),
+                (
+                    E.GetReportRequest(run_id=r1.candidate_frozen_run_id, compare_cycle_ids=[first.cycle_id]),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "compare_cycle_ids",
+                ),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.GetReport(request)
+                assert info.value.code() == code
+                assert info.value.details().startswith(f"{field}:"), info.value.details()
     finally:
         await evaluator.stop()

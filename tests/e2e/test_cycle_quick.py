@@ -86,6 +86,9 @@ def test_a_quick_cycle_trains_verifies_and_gates_an_adapter(stack):
         assert again["state"] == adapter["state"] and again["sha256"] == adapter["sha256"]
         resumed = run(env, "cycle", "--resume", status["cycleId"], "--json", check=True)
         assert json.loads(resumed.stdout)["rounds"] == status["rounds"]
+        refused = run(env, "cycle", "--retry", status["cycleId"])
+        assert refused.returncode != 0
+        assert "is done; only a failed one can be retried" in refused.stderr, refused.stderr
     finally:
         restored.send_signal(signal.SIGTERM)
         assert restored.wait(timeout=60) == 0

@@ -10,7 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from nightshift_evaluator import metrics, report
 from nightshift_evaluator.metrics import KoanOutcome
-from nightshift_evaluator.report import CurvePoint, ForgettingTable, RunData, RunInfo
+from nightshift_evaluator.report import (
+    CurveCandidate,
+    CurvePoint,
+    CurveSeries,
+    ForgettingTable,
+    RunData,
+    RunInfo,
+)
 from PIL import Image
 
 COMMAND = "nightshift report run-cand --compare run-champ"
@@ -57,7 +64,8 @@ CANDIDATE = run_data(
 )
 CURVE = (
     CurvePoint(0, "run-base", 0.6, 0.23, 0.88, 0, 0),
-    CurvePoint(1, "run-cand", 0.8, 0.38, 0.96, 1, 2),
+    CurvePoint(1, "run-cand", 0.8, 0.38, 0.96, 1, 2, CurveCandidate("run-cand", "ad-1", 0.8, 1, 2, True)),
+    CurvePoint(2, "run-cand", 0.8, 0.38, 0.96, 1, 2, CurveCandidate("run-c2", "ad-2", 0.4, 3, 0, False)),
 )
 FORGETTING = ForgettingTable(
     families=("lifetimes", "ownership", "traits"),
@@ -87,6 +95,15 @@ def full_report() -> dict[str, bytes]:
         (
             {"curve": CURVE[:1]},
             {"report.md", "summary.json", "families.png", "error_codes.png", "learning_curve.png"},
+        ),
+        # one cycle run is its learning curve already; two or more are compared
+        (
+            {"series": [CurveSeries("cyc-a", "replay", CURVE)]},
+            {"report.md", "summary.json", "families.png", "error_codes.png"},
+        ),
+        (
+            {"series": [CurveSeries("cyc-a", "replay", CURVE), CurveSeries("cyc-b", "naive", CURVE[:2])]},
+            {"report.md", "summary.json", "families.png", "error_codes.png", "recipes.png"},
         ),
     ],
 )
@@ -139,7 +156,11 @@ def test_markdown_states_the_numbers_and_the_regressions(full_report):
     assert "| forgetting |  | -100.0 points | +50.0 points | -50.0 points |" in markdown
     assert "ACC = 83.3 %; BWT = n/a" in markdown
     assert "BWT vs base = +33.3 points" in markdown
-    assert "| 1 | `run-cand` | 80.0 % | [38.0 %, 96.0 %] | 1 | 2 |" in markdown
+    champion = "| `run-cand` | 80.0 % | [38.0 %, 96.0 %] | 1 | 2 |"
+    assert f"| 1 {champion} `run-cand` | `ad-1` | 80.0 % | 1 | 2 | promoted |" in markdown
+    # cycle 2's candidate lost 3 koans: the champion stays, the rejected candidate shows beside it
+    assert f"| 2 {champion} `run-c2` | `ad-2` | 40.0 % | 3 | 0 | rejected |" in markdown
+    assert "| 0 | `run-base` | 60.0 % | [23.0 %, 88.0 %] | 0 | 0 | – | – | – | – | – | – |" in markdown
     assert f"Reproduce: `{COMMAND}`" in markdown
 
 
@@ -193,7 +214,17 @@ def test_summary_json_round_trips_and_matches_the_metrics(full_report):
         "high": 0.96,
         "regressions": 1,
         "gains": 2,
+        "candidate": {
+            "run_id": "run-cand",
+            "adapter_id": "ad-1",
+            "pass_rate": 0.8,
+            "regressions": 1,
+            "gains": 2,
+            "promoted": True,
+        },
     }
+    assert summary["learning_curve"][0]["candidate"] is None
+    assert summary["learning_curve"][2]["candidate"]["promoted"] is False
     assert summary["figures"] == ["error_codes.png", "families.png", "learning_curve.png", "regressions.png"]
 
 
@@ -251,3 +282,34 @@ def test_forgetting_table_checks_its_shape(fields, message):
     values.update(fields)
     with pytest.raises(ValueError, match=re.escape(message)):
         ForgettingTable(**values)
+
+
+def test_cycle_runs_compared_are_tabled_round_by_round():
+    naive = (
+        CURVE[0],
+        CurvePoint(
+            1, "run-base", 0.6, 0.23, 0.88, 0, 0, CurveCandidate("run-n1", "naive-1", 0.5, 2, 1, False)
+        ),
+    )
+    files = report.render_report(
+        CANDIDATE,
+        COMMAND,
+        series=[CurveSeries("cyc-replay", "replay", CURVE), CurveSeries("cyc-naive", "naive", naive)],
+    )
+    markdown = files["report.md"].decode()
+    section = markdown.split("## Cycle runs compared")[1].split("## Reproduce")[0]
+    assert "(cycle runs `cyc-replay`, `cyc-naive`)" in section
+    assert (
+        "| `cyc-replay` | replay | 2 | `run-cand` | 80.0 % | `run-c2` | 40.0 % | 3 | 0 | rejected |"
+        in section
+    )
+    assert (
+        "| `cyc-naive` | naive | 1 | `run-base` | 60.0 % | `run-n1` | 50.0 % | 2 | 1 | rejected |" in section
+    )
+    assert "| `cyc-naive` | naive | 0 | `run-base` | 60.0 % | – | – | – | – | – |" in section
+    summary = json.loads(files["summary.json"])
+    assert [(c["cycle_id"], c["label"], len(c["curve"])) for c in summary["cycle_runs"]] == [
+        ("cyc-replay", "replay", 3),
+        ("cyc-naive", "naive", 2),
+    ]
+    assert summary["cycle_runs"][1]["curve"][1]["candidate"]["regressions"] == 2

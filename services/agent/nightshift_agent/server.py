@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from nightshift.bus import Delivery, EventBus
 from nightshift.corpus import Corpus
-from nightshift.grpcserver import Server, abort_invalid, create_server
+from nightshift.grpcserver import Server, abort_invalid, client_channel, create_server
 from nightshift.models import ModelError, ModelStore
 from nightshift.v1 import agent_pb2, agent_pb2_grpc, events_pb2, sandbox_pb2, sandbox_pb2_grpc
 
@@ -410,7 +410,7 @@ class RunningAgent:
 async def start(config: AgentConfig, *, resume: bool = True) -> RunningAgent:
     """Connect to the bus and the sandbox, follow the champion, resume unfinished tasks, serve."""
     bus = await EventBus.connect(config.nats_url, name="agent")
-    channel = grpc.aio.insecure_channel(config.sandbox_addr)
+    channel = client_channel(config.sandbox_addr)
     champion = Champion()
     champion_stop = asyncio.Event()
     champion_task = asyncio.create_task(

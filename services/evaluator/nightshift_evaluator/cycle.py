@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from nightshift.bus import EventBus
+from nightshift.grpcserver import client_channel
 from nightshift.models import DEFAULT_MODEL
 from nightshift.v1 import (
     agent_pb2,
@@ -52,6 +53,10 @@ PHASES = ("day", "night", "dawn")
 RECIPES = ("naive", "replay", "rehearsal", "dpo")
 MAX_CYCLES = 20
 POLL_SECONDS = 1.0
+# An RPC waits up to CALL_SECONDS for its service to be reachable and answer, CALL_ATTEMPTS times, before
+# a phase gives up on it (a service restarting is back well before).
+CALL_SECONDS = 30.0
+CALL_ATTEMPTS = 30
 # How long the saga waits for the registry and the agent to serve a promoted adapter.
 CHAMPION_WAIT_SECONDS = 120.0
 NAMESPACE = uuid.UUID("6f1c9a52-3c1e-4f7e-9a8e-2b7d4c1e5a90")
@@ -128,6 +133,7 @@ class CycleRun:
     current: tuple[int, str] = (1, "day")
     state: str = "running"
     error: str = ""
+    retries: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def round(self, cycle: int) -> E.CycleRound:
@@ -136,6 +142,8 @@ class CycleRun:
     def apply(self, event) -> None:
         if isinstance(event, events_pb2.CyclePhaseStarted):
             self.current = (event.cycle, event.phase)
+            if event.retry:
+                self.state, self.error, self.retries = "running", "", event.retry
         elif isinstance(event, events_pb2.CyclePhaseCompleted):
             if event.phase in ("done", "failed"):
                 self.state = event.phase
@@ -161,6 +169,7 @@ class CycleRun:
             request=self.request,
             rounds=[self.rounds[c] for c in sorted(self.rounds)],
             error=self.error,
+            retries=self.retries,
         )
         if latest.HasField("decision"):
             status.decision.CopyFrom(latest.decision)
@@ -197,8 +206,8 @@ class CycleSaga:
 
     async def start(self) -> None:
         """Rebuild every cycle run from the EVALUATION stream and continue the unfinished ones."""
-        trainer_channel = grpc.aio.insecure_channel(self.trainer_addr)
-        agent_channel = grpc.aio.insecure_channel(self.agent_addr)
+        trainer_channel = client_channel(self.trainer_addr)
+        agent_channel = client_channel(self.agent_addr)
         self._channels = [trainer_channel, agent_channel]
         self.trainer = trainer_pb2_grpc.TrainerStub(trainer_channel)
         self.agent = agent_pb2_grpc.AgentStub(agent_channel)
@@ -230,7 +239,8 @@ class CycleSaga:
         cycle.apply(event)
 
     def _drive(self, cycle: CycleRun) -> None:
-        if cycle.cycle_id not in self._tasks:
+        task = self._tasks.get(cycle.cycle_id)
+        if task is None or task.done():
             self._tasks[cycle.cycle_id] = asyncio.create_task(
                 self._run(cycle), name=f"cycle-{cycle.cycle_id}"
             )
@@ -243,6 +253,40 @@ class CycleSaga:
         await self._phase_started(CycleRun(cycle_id, normal), 1, "day", request=normal)
         self._drive(self.cycles[cycle_id])
         return cycle_id
+
+    async def retry_cycle(self, cycle_id: str) -> CycleRun:
+        """Drive a failed cycle run again from the first phase it had not completed.
+
+        Every finished step is found again rather than redone (the day's run, the night's job, the dawn's
+        runs and decision are looked up by their correlation ids), so a cycle that failed because a
+        service was unreachable goes on where it stopped. A step that failed for good (a cancelled
+        training job, say) fails the cycle again with the same error.
+        """
+        cycle = self.find(cycle_id)
+        if cycle.state != "failed":
+            raise RunRequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "cycle_id",
+                f"cycle run {cycle_id} is {cycle.state}; only a failed one can be retried",
+            )
+        n, phase = next(
+            (
+                (n, p)
+                for n in range(1, cycle.request.cycles + 1)
+                for p in PHASES
+                if (n, p) not in cycle.completed
+            ),
+            (cycle.request.cycles, PHASES[-1]),
+        )
+        retry = cycle.retries + 1
+        event = events_pb2.CyclePhaseStarted(cycle_id=cycle_id, cycle=n, phase=phase, retry=retry)
+        await self.bus.publish(
+            event, correlation_id=cycle_id, event_id=event_id(cycle_id, n, phase, "started", "retry", retry)
+        )
+        self._fold(event)
+        log.info("cycle %s retried (%d) at round %d, %s", cycle_id, retry, n, phase)
+        self._drive(cycle)
+        return cycle
 
     def find(self, cycle_id: str) -> CycleRun:
         if not cycle_id:
@@ -266,6 +310,25 @@ class CycleSaga:
             run_id = r.candidate_frozen_run_id if promoted else r.champion_frozen_run_id
             out.append((n, self.runs.find(run_id)))
         return out
+
+    @staticmethod
+    def label(cycle: CycleRun) -> str:
+        """A cycle run in a few words for a figure: its recipe, and its preset when one was named."""
+        r = cycle.request
+        return r.recipe + (f" / {r.preset}" if r.preset else "")
+
+    def candidates(self, cycle_id: str) -> dict[int, decisions.Candidate]:
+        """Round -> its candidate's frozen run, adapter and promotion, for every round the gate decided."""
+        cycle = self.find(cycle_id)
+        return {
+            n: decisions.Candidate(
+                run=self.runs.find(r.decision.candidate_run_id),
+                adapter_id=r.decision.adapter_id,
+                promoted=r.decision.promote,
+            )
+            for n, r in sorted(cycle.rounds.items())
+            if r.HasField("decision") and r.decision.candidate_run_id
+        }
 
     # --- events --------------------------------------------------------------------------------
 
@@ -295,8 +358,12 @@ class CycleSaga:
             seconds=seconds,
             error=error,
         )
+        # A retried cycle run can fail again: each failure after a retry has an id of its own.
+        again = (cycle.retries,) if phase == "failed" and cycle.retries else ()
         await self.bus.publish(
-            event, correlation_id=cycle.cycle_id, event_id=event_id(cycle.cycle_id, n, phase, "completed")
+            event,
+            correlation_id=cycle.cycle_id,
+            event_id=event_id(cycle.cycle_id, n, phase, "completed", *again),
         )
         self._fold(event)
 
@@ -360,7 +427,11 @@ class CycleSaga:
             job_id = (await self._call(self.trainer.StartJob, job, "trainer")).job_id
         r.job_id = job_id
         while True:
-            job = (await self._call(self.trainer.GetJob, T.GetJobRequest(job_id=job_id), "trainer")).job
+            # The job goes on in the trainer whatever happens to this call: wait it out however long the
+            # trainer is unreachable (restarting, paused, busy) rather than fail the cycle.
+            job = (
+                await self._call(self.trainer.GetJob, T.GetJobRequest(job_id=job_id), "trainer", patient=True)
+            ).job
             if job.state == T.JOB_COMPLETED:
                 r.adapter_id = job.adapter_id
                 return
@@ -482,15 +553,19 @@ class CycleSaga:
                 return delivery.event.decision
         return None
 
-    async def _call(self, method: Callable, request, service: str, attempts: int = 30):
-        """One RPC, retried while the service is unreachable (it may be restarting)."""
-        for attempt in range(attempts):
+    async def _call(self, method: Callable, request, service: str, *, patient: bool = False):
+        """One RPC, retried while the service is unreachable (it may be restarting); `patient`: forever."""
+        attempts = None if patient else CALL_ATTEMPTS
+        attempt = 0
+        while True:
             try:
-                return await method(request, timeout=30.0)
+                return await method(request, timeout=CALL_SECONDS, wait_for_ready=True)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise CycleError(f"{service}: {exc.code().name}: {exc.details()}") from None
-                if attempt == attempts - 1:
+                attempt += 1
+                if attempts is not None and attempt >= attempts:
                     raise CycleError(f"the {service} is not reachable: {exc.details()}") from None
-            await asyncio.sleep(min(2.0 * (attempt + 1), 10.0))
-        raise AssertionError("unreachable")
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("the %s is not reachable (attempt %d): %s", service, attempt, exc.details())
+            await asyncio.sleep(min(2.0 * attempt, 10.0))

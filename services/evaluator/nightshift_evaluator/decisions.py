@@ -6,7 +6,8 @@ runs, checks that they can be compared, and builds the GateDecision message.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc
 from nightshift.v1 import evaluator_pb2
@@ -15,6 +16,15 @@ from nightshift_evaluator import gate, metrics, report
 from nightshift_evaluator.runs import Run, RunRequestError, outcome_of
 
 E = evaluator_pb2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A round's candidate as the gate saw it: its frozen-set run, its adapter, and the decision."""
+
+    run: Run
+    adapter_id: str
+    promoted: bool
 
 
 def outcomes(run: Run) -> list[metrics.KoanOutcome]:
@@ -129,13 +139,35 @@ def run_data(run: Run) -> report.RunData:
     )
 
 
-def learning_curve(champion_runs: Sequence[tuple[int, Run]]) -> list[report.CurvePoint]:
-    """One point per cycle from its frozen-set run, with regressions and gains against cycle 0's run."""
+def learning_curve(
+    champion_runs: Sequence[tuple[int, Run]], candidates: Mapping[int, Candidate] | None = None
+) -> list[report.CurvePoint]:
+    """One point per cycle from its frozen-set run, with regressions and gains against cycle 0's run.
+
+    `candidates`: round -> the candidate the gate decided on that round, shown beside the champion.
+    """
+    candidates = candidates or {}
     points = []
     base = metrics.majority_outcomes(outcomes(champion_runs[0][1])) if champion_runs else {}
+
+    def against_base(run: Run) -> metrics.Comparison:
+        return metrics.compare(base, metrics.majority_outcomes(outcomes(run)))
+
     for cycle, run in champion_runs:
         summary = run.summary()
-        comparison = metrics.compare(base, metrics.majority_outcomes(outcomes(run)))
+        comparison = against_base(run)
+        candidate = None
+        if cycle in candidates:
+            c = candidates[cycle]
+            versus = against_base(c.run)
+            candidate = report.CurveCandidate(
+                run_id=c.run.run_id,
+                adapter_id=c.adapter_id,
+                pass_rate=c.run.summary().pass_rate,
+                regressions=len(versus.regressions),
+                gains=len(versus.gains),
+                promoted=c.promoted,
+            )
         points.append(
             report.CurvePoint(
                 cycle=cycle,
@@ -145,6 +177,7 @@ def learning_curve(champion_runs: Sequence[tuple[int, Run]]) -> list[report.Curv
                 high=summary.pass_rate_high,
                 regressions=len(comparison.regressions),
                 gains=len(comparison.gains),
+                candidate=candidate,
             )
         )
     return points
@@ -159,7 +192,11 @@ def forgetting_table(runs: Sequence[Run]) -> report.ForgettingTable:
 
 
 def build_report(
-    find, request: E.GetReportRequest, cycle_runs: Sequence[tuple[int, Run]] = ()
+    find,
+    request: E.GetReportRequest,
+    cycle_runs: Sequence[tuple[int, Run]] = (),
+    candidates: Mapping[int, Candidate] | None = None,
+    compared: Sequence[tuple[str, str, Sequence[tuple[int, Run]], Mapping[int, Candidate]]] = (),
 ) -> dict[str, bytes]:
     """The report files of a finished run, optionally against another run and along a cycle's runs."""
     run = finished_run(find, request.run_id, "run_id")
@@ -171,7 +208,9 @@ def build_report(
         command += f" --compare {request.compare_run_id}"
     if request.cycle_id:
         command += f" --cycle {request.cycle_id}"
-    curve = learning_curve(cycle_runs) if cycle_runs else ()
+    for cycle_id in request.compare_cycle_ids:
+        command += f" --cycle {cycle_id}"
+    curve = learning_curve(cycle_runs, candidates) if cycle_runs else ()
     table = forgetting_table([r for _, r in cycle_runs]) if len(cycle_runs) > 1 else None
     return report.render_report(
         run_data(run),
@@ -179,4 +218,9 @@ def build_report(
         baseline=run_data(baseline) if baseline is not None else None,
         curve=curve,
         forgetting=table,
+        series=[
+            report.CurveSeries(cycle_id, label, tuple(learning_curve(runs, chosen)))
+            for cycle_id, label, runs, chosen in compared
+            if runs
+        ],
     )

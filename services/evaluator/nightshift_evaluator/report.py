@@ -54,8 +54,24 @@ class RunData:
 
 
 @dataclass(frozen=True)
+class CurveCandidate:
+    """The candidate a cycle's dawn measured on the frozen set, and what the gate did with it."""
+
+    run_id: str
+    adapter_id: str
+    pass_rate: float
+    regressions: int  # against cycle 0's run, like the champion's
+    gains: int
+    promoted: bool
+
+
+@dataclass(frozen=True)
 class CurvePoint:
-    """One cycle of a learning curve: the frozen-set run evaluated after that cycle."""
+    """One cycle of a learning curve: the champion's frozen-set run after that cycle, and the candidate's.
+
+    The champion after a cycle is the candidate when the gate promoted it, else the champion before; a
+    rejected candidate (the forgetting the gate stopped) shows only in `candidate`.
+    """
 
     cycle: int
     run_id: str
@@ -64,6 +80,16 @@ class CurvePoint:
     high: float
     regressions: int
     gains: int
+    candidate: CurveCandidate | None = None
+
+
+@dataclass(frozen=True)
+class CurveSeries:
+    """One cycle run's learning curve, labelled (by its recipe, say) for a figure comparing cycle runs."""
+
+    cycle_id: str
+    label: str
+    points: tuple[CurvePoint, ...]
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,7 @@ def render_report(
     baseline: RunData | None = None,
     curve: Sequence[CurvePoint] = (),
     forgetting: ForgettingTable | None = None,
+    series: Sequence[CurveSeries] = (),
 ) -> dict[str, bytes]:
     """Render report.md, summary.json and the PNG figures of `run`.
 
@@ -96,7 +123,7 @@ def render_report(
     regressions are koans the baseline passed and `run` fails. `command` is the command line that
     reproduces this report; it is quoted in the Markdown and stored in summary.json.
     Files: report.md, summary.json, families.png, error_codes.png, regressions.png (with a baseline),
-    learning_curve.png (with a curve).
+    learning_curve.png (with a curve), recipes.png (with two or more `series`: cycle runs compared).
     """
     comparison = None
     if baseline is not None:
@@ -111,11 +138,20 @@ def render_report(
         figures["regressions.png"] = _png(_regressions_figure(run, baseline, comparison))
     if curve:
         figures["learning_curve.png"] = _png(_learning_curve_figure(curve))
+    series = [s for s in series if s.points]
+    if len(series) > 1:
+        figures["recipes.png"] = _png(_series_figure(series))
+    else:
+        series = []
     forgetting_metrics = metrics.forgetting_matrix(forgetting.rates) if forgetting is not None else None
-    markdown = _markdown(run, baseline, comparison, curve, forgetting, forgetting_metrics, command)
+    markdown = _markdown(run, baseline, comparison, curve, forgetting, forgetting_metrics, command, series)
     summary = _summary_json(
         run, baseline, comparison, curve, forgetting, forgetting_metrics, command, figures
     )
+    summary["cycle_runs"] = [
+        {"cycle_id": s.cycle_id, "label": s.label, "curve": [dataclasses.asdict(p) for p in s.points]}
+        for s in series
+    ]
     return {
         "report.md": markdown.encode(),
         "summary.json": json.dumps(summary, indent=2, allow_nan=False).encode(),
@@ -190,7 +226,7 @@ def _summary_json(run, baseline, comparison, curve, forgetting, forgetting_metri
 # -------------------------------------------------------------------------------------- Markdown
 
 
-def _markdown(run, baseline, comparison, curve, forgetting, forgetting_metrics, command) -> str:
+def _markdown(run, baseline, comparison, curve, forgetting, forgetting_metrics, command, series=()) -> str:
     a = run.info.run_id
     runs = [run] if baseline is None else [run, baseline]
     both = f"run `{a}`" if baseline is None else f"run `{a}` vs baseline run `{baseline.info.run_id}`"
@@ -206,6 +242,8 @@ def _markdown(run, baseline, comparison, curve, forgetting, forgetting_metrics, 
         lines += _curve_section(curve)
     if forgetting is not None:
         lines += _forgetting_section(forgetting, forgetting_metrics)
+    if series:
+        lines += _series_section(series)
     lines += [f"## Reproduce ({both})", "", f"Reproduce: `{command}`", ""]
     return "\n".join(lines)
 
@@ -384,9 +422,13 @@ def _koans_section(runs: list[RunData]) -> list[str]:
 
 def _curve_section(curve: Sequence[CurvePoint]) -> list[str]:
     ids = ", ".join(f"`{p.run_id}`" for p in curve)
-    header = ["cycle", "run", "pass rate", "95 % interval", "regressions", "gains"]
-    rows = [
-        [
+    header = ["cycle", "champion run", "pass rate", "95 % interval", "regressions", "gains"]
+    with_candidates = any(p.candidate is not None for p in curve)
+    if with_candidates:
+        header += ["candidate run", "candidate adapter", "pass rate", "regressions", "gains", "gate"]
+    rows = []
+    for p in curve:
+        row = [
             str(p.cycle),
             f"`{p.run_id}`",
             _pct(p.pass_rate),
@@ -394,15 +436,73 @@ def _curve_section(curve: Sequence[CurvePoint]) -> list[str]:
             str(p.regressions),
             str(p.gains),
         ]
-        for p in curve
-    ]
+        if with_candidates:
+            c = p.candidate
+            row += (
+                ["–"] * 6
+                if c is None
+                else [
+                    f"`{c.run_id}`",
+                    f"`{c.adapter_id}`",
+                    _pct(c.pass_rate),
+                    str(c.regressions),
+                    str(c.gains),
+                    "promoted" if c.promoted else "rejected",
+                ]
+            )
+        rows.append(row)
+    candidates = (
+        " Candidates are the adapters each night trained, measured by the dawn's frozen-set run; "
+        "regressions and gains count against cycle 0's run."
+        if with_candidates
+        else ""
+    )
     return [
         f"## Learning curve (runs {ids})",
         "",
         f"![Frozen-set pass rate per cycle, runs {ids}](learning_curve.png)",
         "",
-        f"*Figure learning_curve.png: pass rate with 95 % interval, gains and regressions per cycle, "
-        f"runs {ids}.*",
+        f"*Figure learning_curve.png: the champion's pass rate with 95 % interval, gains and regressions "
+        f"per cycle, runs {ids}"
+        + (", with each cycle's candidate (promoted or rejected by the gate)" if with_candidates else "")
+        + ".*",
+        "",
+        *_table(header, rows),
+        "",
+        *([candidates.strip(), ""] if candidates else []),
+    ]
+
+
+def _series_section(series: Sequence[CurveSeries]) -> list[str]:
+    ids = ", ".join(f"`{s.cycle_id}`" for s in series)
+    header = ["cycle run", "label", "cycle", "champion run", "pass rate", "candidate run", "pass rate"]
+    header += ["regressions", "gains", "gate"]
+    rows = []
+    for s in series:
+        for p in s.points:
+            c = p.candidate
+            rows.append(
+                [f"`{s.cycle_id}`", s.label, str(p.cycle), f"`{p.run_id}`", _pct(p.pass_rate)]
+                + (
+                    ["–"] * 5
+                    if c is None
+                    else [
+                        f"`{c.run_id}`",
+                        _pct(c.pass_rate),
+                        str(c.regressions),
+                        str(c.gains),
+                        "promoted" if c.promoted else "rejected",
+                    ]
+                )
+            )
+    return [
+        f"## Cycle runs compared (cycle runs {ids})",
+        "",
+        f"![Frozen-set pass rate per cycle of each cycle run, cycle runs {ids}](recipes.png)",
+        "",
+        f"*Figure recipes.png: the champion's frozen-set pass rate per cycle (lines) and each cycle's "
+        f"candidate (markers: triangle promoted, cross rejected), and the candidates' regressions and "
+        f"gains against each cycle run's cycle 0, cycle runs {ids}.*",
         "",
         *_table(header, rows),
         "",
@@ -542,22 +642,95 @@ def _learning_curve_figure(curve: Sequence[CurvePoint]) -> Figure:
         cycles, [100 * p.low for p in curve], [100 * p.high for p in curve], alpha=0.2, color=COLOUR_RUN
     )
     rates_axes.plot(
-        cycles, [100 * p.pass_rate for p in curve], marker="o", color=COLOUR_RUN, label="pass rate"
+        cycles, [100 * p.pass_rate for p in curve], marker="o", color=COLOUR_RUN, label="champion"
     )
+    candidates = [(p.cycle, p.candidate) for p in curve if p.candidate is not None]
+    _candidate_markers(rates_axes, curve, "", s=60)
     rates_axes.set_ylim(0, 105)
     rates_axes.set_ylabel("pass rate (%)")
     rates_axes.set_title("Frozen-set pass rate with 95 % interval per cycle", fontsize=9)
-    counts_axes.bar(cycles, [p.gains for p in curve], 0.6, color=COLOUR_GAIN, label="gains")
+    if candidates:
+        rates_axes.legend(fontsize=8)
+    # champion bars, and beside them (hatched) the candidate's, when there are candidates
+    width = 0.35 if candidates else 0.6
+    shift = width / 2 if candidates else 0.0
+    left = [x - shift for x in cycles]
+    counts_axes.bar(left, [p.gains for p in curve], width, color=COLOUR_GAIN, label="gains")
     counts_axes.bar(
-        cycles, [-p.regressions for p in curve], 0.6, color=COLOUR_REGRESSION, label="regressions"
+        left, [-p.regressions for p in curve], width, color=COLOUR_REGRESSION, label="regressions"
     )
+    if candidates:
+        right = [x + shift for x, _ in candidates]
+        style = {"width": width, "fill": False, "hatch": "//"}
+        counts_axes.bar(right, [c.gains for _, c in candidates], edgecolor=COLOUR_GAIN, **style)
+        counts_axes.bar(
+            right,
+            [-c.regressions for _, c in candidates],
+            edgecolor=COLOUR_REGRESSION,
+            label="candidate's (hatched)",
+            **style,
+        )
     counts_axes.axhline(0, color="black", linewidth=0.8)
-    counts_axes.set_ylabel("koans")
+    counts_axes.set_ylabel("koans vs cycle 0")
     counts_axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     counts_axes.legend(fontsize=8)
     counts_axes.set_xticks(cycles, [f"{p.cycle}\n{p.run_id[:8]}" for p in curve], fontsize=8)
-    counts_axes.set_xlabel("cycle / run")
+    counts_axes.set_xlabel("cycle / champion run")
     return figure
+
+
+def _series_figure(series: Sequence[CurveSeries]) -> Figure:
+    rounds = sorted({p.cycle for s in series for p in s.points})
+    figure = Figure(figsize=(max(6.5, 1.2 * len(rounds) + 3.0), 6.5), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    rates_axes, counts_axes = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    colours = [f"C{i % 10}" for i in range(len(series))]
+    width = 0.8 / len(series)
+    for i, (s, colour) in enumerate(zip(series, colours, strict=True)):
+        label = f"{s.label} ({s.cycle_id[:8]})"
+        rates_axes.plot(
+            [p.cycle for p in s.points],
+            [100 * p.pass_rate for p in s.points],
+            marker="o",
+            color=colour,
+            label=f"{label}: champion",
+        )
+        _candidate_markers(rates_axes, s.points, f"{label}: ", colour, s=70, edgecolor="black")
+        chosen = [(p.cycle, p.candidate) for p in s.points if p.candidate is not None]
+        offset = (i - (len(series) - 1) / 2) * width
+        xs = [x + offset for x, _ in chosen]
+        counts_axes.bar(xs, [c.gains for _, c in chosen], width, color=colour, alpha=0.9)
+        counts_axes.bar(xs, [-c.regressions for _, c in chosen], width, color=colour, alpha=0.45, hatch="//")
+    rates_axes.set_ylim(0, 105)
+    rates_axes.set_ylabel("frozen pass rate (%)")
+    rates_axes.set_title("Frozen-set pass rate per cycle, by cycle run", fontsize=9)
+    rates_axes.legend(fontsize=7)
+    counts_axes.axhline(0, color="black", linewidth=0.8)
+    counts_axes.set_ylabel("candidate's gains (up)\nregressions (down, hatched)", fontsize=8)
+    counts_axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    counts_axes.set_xticks(rounds, [str(r) for r in rounds])
+    counts_axes.set_xlabel("cycle")
+    return figure
+
+
+def _candidate_markers(axes, points: Sequence[CurvePoint], label: str, colour: str = "", **style) -> None:
+    """Each point's candidate at its pass rate: a triangle when promoted, a cross when rejected."""
+    chosen = [(p.cycle, p.candidate) for p in points if p.candidate is not None]
+    for promoted, marker, default, word in (
+        (True, "^", COLOUR_GAIN, "promoted"),
+        (False, "X", COLOUR_REGRESSION, "rejected"),
+    ):
+        picked = [(x, c) for x, c in chosen if c.promoted == promoted]
+        if picked:
+            axes.scatter(
+                [x for x, _ in picked],
+                [100 * c.pass_rate for _, c in picked],
+                marker=marker,
+                color=colour or default,
+                zorder=3,
+                label=f"{label}candidate, {word}",
+                **style,
+            )
 
 
 def _no_data(axes, text: str = "no data") -> None:

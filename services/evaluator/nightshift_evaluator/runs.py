@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 from nightshift.bus import Delivery, EventBus
 from nightshift.corpus import Corpus, CorpusError, Koan
+from nightshift.grpcserver import client_channel
 from nightshift.v1 import agent_pb2, agent_pb2_grpc, evaluator_pb2, events_pb2
 
 from nightshift_evaluator.metrics import KoanOutcome, summarise
@@ -387,7 +388,7 @@ class EvaluationRuns:
 
     async def start(self) -> None:
         """Rebuild every run from the streams, evaluate what finished meanwhile, then follow and submit."""
-        self._channel = grpc.aio.insecure_channel(self.agent_addr)
+        self._channel = client_channel(self.agent_addr)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
         try:
             corpus = await self._corpus()

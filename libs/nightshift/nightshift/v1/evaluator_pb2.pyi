@@ -348,7 +348,7 @@ class CycleRound(_message.Message):
     def __init__(self, cycle: _Optional[int] = ..., day_run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., adapter_id: _Optional[str] = ..., champion_adapter_id: _Optional[str] = ..., candidate_frozen_run_id: _Optional[str] = ..., champion_frozen_run_id: _Optional[str] = ..., candidate_heldout_run_id: _Optional[str] = ..., champion_heldout_run_id: _Optional[str] = ..., decision: _Optional[_Union[GateDecision, _Mapping]] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class CycleStatus(_message.Message):
-    __slots__ = ("cycle_id", "cycle", "phase", "state", "run_ids", "job_id", "adapter_id", "decision", "request", "rounds", "error")
+    __slots__ = ("cycle_id", "cycle", "phase", "state", "run_ids", "job_id", "adapter_id", "decision", "request", "rounds", "error", "retries")
     CYCLE_ID_FIELD_NUMBER: _ClassVar[int]
     CYCLE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +360,7 @@ class CycleStatus(_message.Message):
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
     cycle_id: str
     cycle: int
     phase: str
@@ -371,7 +372,8 @@ class CycleStatus(_message.Message):
     request: StartCycleRequest
     rounds: _containers.RepeatedCompositeFieldContainer[CycleRound]
     error: str
-    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ..., state: _Optional[str] = ..., run_ids: _Optional[_Iterable[str]] = ..., job_id: _Optional[str] = ..., adapter_id: _Optional[str] = ..., decision: _Optional[_Union[GateDecision, _Mapping]] = ..., request: _Optional[_Union[StartCycleRequest, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[CycleRound, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+    retries: int
+    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ..., state: _Optional[str] = ..., run_ids: _Optional[_Iterable[str]] = ..., job_id: _Optional[str] = ..., adapter_id: _Optional[str] = ..., decision: _Optional[_Union[GateDecision, _Mapping]] = ..., request: _Optional[_Union[StartCycleRequest, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[CycleRound, _Mapping]]] = ..., error: _Optional[str] = ..., retries: _Optional[int] = ...) -> None: ...
 
 class GetCycleRequest(_message.Message):
     __slots__ = ("cycle_id",)
@@ -385,15 +387,29 @@ class GetCycleResponse(_message.Message):
     status: CycleStatus
     def __init__(self, status: _Optional[_Union[CycleStatus, _Mapping]] = ...) -> None: ...
 
+class RetryCycleRequest(_message.Message):
+    __slots__ = ("cycle_id",)
+    CYCLE_ID_FIELD_NUMBER: _ClassVar[int]
+    cycle_id: str
+    def __init__(self, cycle_id: _Optional[str] = ...) -> None: ...
+
+class RetryCycleResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: CycleStatus
+    def __init__(self, status: _Optional[_Union[CycleStatus, _Mapping]] = ...) -> None: ...
+
 class GetReportRequest(_message.Message):
-    __slots__ = ("run_id", "compare_run_id", "cycle_id")
+    __slots__ = ("run_id", "compare_run_id", "cycle_id", "compare_cycle_ids")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     COMPARE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CYCLE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_CYCLE_IDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     compare_run_id: str
     cycle_id: str
-    def __init__(self, run_id: _Optional[str] = ..., compare_run_id: _Optional[str] = ..., cycle_id: _Optional[str] = ...) -> None: ...
+    compare_cycle_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., compare_run_id: _Optional[str] = ..., cycle_id: _Optional[str] = ..., compare_cycle_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportFile(_message.Message):
     __slots__ = ("name", "content")

@@ -70,6 +70,11 @@ class EvaluatorStub:
                 request_serializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleRequest.SerializeToString,
                 response_deserializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleResponse.FromString,
                 _registered_method=True)
+        self.RetryCycle = channel.unary_unary(
+                '/nightshift.v1.Evaluator/RetryCycle',
+                request_serializer=nightshift_dot_v1_dot_evaluator__pb2.RetryCycleRequest.SerializeToString,
+                response_deserializer=nightshift_dot_v1_dot_evaluator__pb2.RetryCycleResponse.FromString,
+                _registered_method=True)
         self.GetReport = channel.unary_unary(
                 '/nightshift.v1.Evaluator/GetReport',
                 request_serializer=nightshift_dot_v1_dot_evaluator__pb2.GetReportRequest.SerializeToString,
@@ -129,6 +134,13 @@ class EvaluatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryCycle(self, request, context):
+        """Drive a failed cycle run again from the phase that failed, keeping every finished step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetReport(self, request, context):
         """A Markdown report with PNG plots and a JSON summary of one run (optionally against another).
         """
@@ -180,6 +192,11 @@ def add_EvaluatorServicer_to_server(servicer, server):
                     servicer.GetCycle,
                     request_deserializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleRequest.FromString,
                     response_serializer=nightshift_dot_v1_dot_evaluator__pb2.GetCycleResponse.SerializeToString,
+            ),
+            'RetryCycle': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryCycle,
+                    request_deserializer=nightshift_dot_v1_dot_evaluator__pb2.RetryCycleRequest.FromString,
+                    response_serializer=nightshift_dot_v1_dot_evaluator__pb2.RetryCycleResponse.SerializeToString,
             ),
             'GetReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReport,
@@ -382,6 +399,33 @@ class Evaluator:
             '/nightshift.v1.Evaluator/GetCycle',
             nightshift_dot_v1_dot_evaluator__pb2.GetCycleRequest.SerializeToString,
             nightshift_dot_v1_dot_evaluator__pb2.GetCycleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryCycle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nightshift.v1.Evaluator/RetryCycle',
+            nightshift_dot_v1_dot_evaluator__pb2.RetryCycleRequest.SerializeToString,
+            nightshift_dot_v1_dot_evaluator__pb2.RetryCycleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -294,16 +294,18 @@ class GateDecided(_message.Message):
     def __init__(self, decision: _Optional[_Union[_evaluator_pb2.GateDecision, _Mapping]] = ...) -> None: ...
 
 class CyclePhaseStarted(_message.Message):
-    __slots__ = ("cycle_id", "cycle", "phase", "request")
+    __slots__ = ("cycle_id", "cycle", "phase", "request", "retry")
     CYCLE_ID_FIELD_NUMBER: _ClassVar[int]
     CYCLE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     cycle_id: str
     cycle: int
     phase: str
     request: _evaluator_pb2.StartCycleRequest
-    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ..., request: _Optional[_Union[_evaluator_pb2.StartCycleRequest, _Mapping]] = ...) -> None: ...
+    retry: int
+    def __init__(self, cycle_id: _Optional[str] = ..., cycle: _Optional[int] = ..., phase: _Optional[str] = ..., request: _Optional[_Union[_evaluator_pb2.StartCycleRequest, _Mapping]] = ..., retry: _Optional[int] = ...) -> None: ...
 
 class CyclePhaseCompleted(_message.Message):
     __slots__ = ("cycle_id", "cycle", "phase", "run_ids", "job_id", "adapter_id", "round", "seconds", "error")
