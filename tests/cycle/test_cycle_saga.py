@@ -467,6 +467,8 @@ async def test_a_failed_cycle_is_retried_from_the_phase_that_failed(world, impat
             assert status.state == "done", status.error
             assert status.retries == 2 and status.error == ""
             assert status.rounds[0].day_run_id == day_run  # the day was not worked again
+            # the night's time holds its two failed passes, each at least 2 calls of 2 s
+            assert status.rounds[0].phase_seconds["night"] >= 8.0, dict(status.rounds[0].phase_seconds)
             assert status.rounds[0].decision.promote
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.RetryCycle(E.RetryCycleRequest(cycle_id=cycle_id))

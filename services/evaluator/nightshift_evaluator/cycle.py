@@ -134,6 +134,8 @@ class CycleRun:
     state: str = "running"
     error: str = ""
     retries: int = 0
+    # (round, phase) -> wall seconds of the passes of that phase that ended in a failure (before a retry)
+    spent: dict[tuple[int, str], float] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def round(self, cycle: int) -> E.CycleRound:
@@ -146,6 +148,8 @@ class CycleRun:
                 self.state, self.error, self.retries = "running", "", event.retry
         elif isinstance(event, events_pb2.CyclePhaseCompleted):
             if event.phase in ("done", "failed"):
+                if event.phase == "failed" and event.seconds:
+                    self.spent[self.current] = self.spent.get(self.current, 0.0) + event.seconds
                 self.state = event.phase
                 self.error = event.error
                 self.current = (event.cycle, "done" if event.phase == "done" else "failed")
@@ -345,8 +349,11 @@ class CycleSaga:
         self, cycle: CycleRun, n: int, phase: str, seconds: float = 0.0, error: str = ""
     ) -> None:
         r = cycle.round(n)
-        if seconds:
-            r.phase_seconds[phase] = seconds
+        if phase in PHASES:
+            # a phase retried after a failure took the time of its failed passes too
+            seconds += cycle.spent.get((n, phase), 0.0)
+            if seconds:
+                r.phase_seconds[phase] = seconds
         event = events_pb2.CyclePhaseCompleted(
             cycle_id=cycle.cycle_id,
             cycle=n,
@@ -371,6 +378,7 @@ class CycleSaga:
 
     async def _run(self, cycle: CycleRun) -> None:
         request = cycle.request
+        began = time.monotonic()
         try:
             for n in range(1, request.cycles + 1):
                 for phase in PHASES:
@@ -387,11 +395,17 @@ class CycleSaga:
             raise
         except (CycleError, RunRequestError) as exc:
             log.error("cycle %s failed: %s", cycle.cycle_id, exc)
-            await self._phase_completed(cycle, cycle.current[0], "failed", error=str(exc))
+            await self._phase_completed(
+                cycle, cycle.current[0], "failed", time.monotonic() - began, error=str(exc)
+            )
         except Exception as exc:
             log.exception("cycle %s failed", cycle.cycle_id)
             await self._phase_completed(
-                cycle, cycle.current[0], "failed", error=f"{type(exc).__name__}: {exc}"
+                cycle,
+                cycle.current[0],
+                "failed",
+                time.monotonic() - began,
+                error=f"{type(exc).__name__}: {exc}",
             )
 
     async def _champion(self, model: str) -> str:
