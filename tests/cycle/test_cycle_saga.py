@@ -461,8 +461,17 @@ async def test_a_failed_cycle_is_retried_from_the_phase_that_failed(world, impat
             assert again.state == "failed" and again.retries == 1, again
             await world.start_trainer()
             impatient()
-            retried = (await stub.RetryCycle(E.RetryCycleRequest(cycle_id=cycle_id))).status
+            # Two retries at once: one drives the cycle run, the other is told it is running.
+            answers = await asyncio.gather(
+                stub.RetryCycle(E.RetryCycleRequest(cycle_id=cycle_id)),
+                stub.RetryCycle(E.RetryCycleRequest(cycle_id=cycle_id)),
+                return_exceptions=True,
+            )
+            refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+            (retried,) = [a.status for a in answers if not isinstance(a, Exception)]
             assert (retried.state, retried.phase, retried.retries) == ("running", "night", 2)
+            assert len(refused) == 1 and refused[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "is running; only a failed one can be retried" in refused[0].details()
             status = await wait_for_cycle(stub, cycle_id)
             assert status.state == "done", status.error
             assert status.retries == 2 and status.error == ""

@@ -203,6 +203,7 @@ class CycleSaga:
         self.cycles: dict[str, CycleRun] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self._retrying = asyncio.Lock()
         self.trainer: trainer_pb2_grpc.TrainerStub | None = None
         self.agent: agent_pb2_grpc.AgentStub | None = None
 
@@ -266,28 +267,35 @@ class CycleSaga:
         service was unreachable goes on where it stopped. A step that failed for good (a cancelled
         training job, say) fails the cycle again with the same error.
         """
-        cycle = self.find(cycle_id)
-        if cycle.state != "failed":
-            raise RunRequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "cycle_id",
-                f"cycle run {cycle_id} is {cycle.state}; only a failed one can be retried",
+        async with self._retrying:  # two calls at once retry once
+            cycle = self.find(cycle_id)
+            # A failed run's task records the failure as its last step; let it end before driving again.
+            previous = self._tasks.get(cycle_id)
+            if cycle.state == "failed" and previous is not None:
+                await asyncio.wait({previous}, timeout=30.0)
+            if cycle.state != "failed":
+                raise RunRequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "cycle_id",
+                    f"cycle run {cycle_id} is {cycle.state}; only a failed one can be retried",
+                )
+            n, phase = next(
+                (
+                    (n, p)
+                    for n in range(1, cycle.request.cycles + 1)
+                    for p in PHASES
+                    if (n, p) not in cycle.completed
+                ),
+                (cycle.request.cycles, PHASES[-1]),
             )
-        n, phase = next(
-            (
-                (n, p)
-                for n in range(1, cycle.request.cycles + 1)
-                for p in PHASES
-                if (n, p) not in cycle.completed
-            ),
-            (cycle.request.cycles, PHASES[-1]),
-        )
-        retry = cycle.retries + 1
-        event = events_pb2.CyclePhaseStarted(cycle_id=cycle_id, cycle=n, phase=phase, retry=retry)
-        await self.bus.publish(
-            event, correlation_id=cycle_id, event_id=event_id(cycle_id, n, phase, "started", "retry", retry)
-        )
-        self._fold(event)
+            retry = cycle.retries + 1
+            event = events_pb2.CyclePhaseStarted(cycle_id=cycle_id, cycle=n, phase=phase, retry=retry)
+            await self.bus.publish(
+                event,
+                correlation_id=cycle_id,
+                event_id=event_id(cycle_id, n, phase, "started", "retry", retry),
+            )
+            self._fold(event)
         log.info("cycle %s retried (%d) at round %d, %s", cycle_id, retry, n, phase)
         self._drive(cycle)
         return cycle
