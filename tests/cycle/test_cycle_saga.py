@@ -373,6 +373,8 @@ async def test_bad_cycle_requests_name_the_field(world):
                 (E.StartCycleRequest(recipe="magic"), "recipe"),
                 (E.StartCycleRequest(cycles=99), "cycles"),
                 (E.StartCycleRequest(day_set="frozen"), "day_set"),
+                (E.StartCycleRequest(policy={"frozen_measure": "greedy"}), "policy"),
+                (E.StartCycleRequest(policy={"max_regresions": "1"}), "policy"),
             ):
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await stub.StartCycle(request)
@@ -499,6 +501,25 @@ async def test_a_failed_cycle_is_retried_from_the_phase_that_failed(world, impat
     assert len(days) == 1
     assert (
         sum(isinstance(d.event, events_pb2.TrainingJobRequested) for d in await bus.read_all("TRAINING")) == 1
+    )
+
+
+async def test_the_gate_policy_of_a_cycle_reaches_its_decision(world):
+    request = one_round()
+    request.policy["frozen_measure"] = "first_attempt"
+    evaluator = await start_evaluator(world.config)
+    try:
+        async with grpc.aio.insecure_channel(evaluator.addr) as channel:
+            stub = evaluator_pb2_grpc.EvaluatorStub(channel)
+            status = await wait_for_cycle(stub, (await stub.StartCycle(request)).cycle_id)
+    finally:
+        await evaluator.stop()
+    assert status.state == "done", status.error
+    decision = status.rounds[0].decision
+    # mut-002: the base model fails its first attempt, the adapter passes it
+    assert decision.promote and decision.policy["frozen_measure"] == "first_attempt"
+    assert any("1 frozen gain at the first attempt (mut-002)" in r for r in decision.reasons), (
+        decision.reasons
     )
 
 

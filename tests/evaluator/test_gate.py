@@ -299,6 +299,7 @@ def test_run_results_reject_rates_outside_zero_to_one():
             {"require_pass_rate_not_lower": "No", "require_gain": "1"},
             GatePolicy(require_pass_rate_not_lower=False),
         ),
+        ({"frozen_measure": " First_Attempt "}, GatePolicy(frozen_measure="first_attempt")),
     ],
 )
 def test_policy_overrides(overrides, expected):
@@ -317,6 +318,7 @@ def test_policy_overrides(overrides, expected):
         ({"heldout_tolerance": "2"}, r"heldout_tolerance.*\[0, 1\].*got '2'"),
         ({"heldout_tolerance": "-0.1"}, "heldout_tolerance"),
         ({"require_gain": "maybe"}, "require_gain must be true or false, got 'maybe'"),
+        ({"frozen_measure": "pass@1"}, "frozen_measure must be one of pass, first_attempt, got 'pass@1'"),
     ],
 )
 def test_bad_policy_overrides_name_the_key(overrides, message):
@@ -331,6 +333,7 @@ def test_bad_policy_overrides_name_the_key(overrides, message):
         ({"max_frozen_regressions": True}, "max_frozen_regressions must be an integer"),
         ({"heldout_tolerance": "1.5"}, "heldout_tolerance"),
         ({"require_gain": "yes"}, "require_gain must be a bool"),
+        ({"frozen_measure": "greedy"}, "frozen_measure must be one of pass, first_attempt"),
     ],
 )
 def test_policy_validates_direct_construction(fields, message):
@@ -344,4 +347,46 @@ def test_policy_as_dict_is_all_strings():
         "heldout_tolerance": "interval",
         "require_pass_rate_not_lower": "true",
         "require_gain": "true",
+        "frozen_measure": "pass",
     }
+
+
+def test_first_attempt_measure_counts_only_what_greedy_decoding_changed():
+    """A koan the champion passed only at a sampled retry is no regression at the first attempt."""
+    koans = ("a", "b", "c", "d")
+
+    def run(run_id, passed, first):
+        rate = len(passed) / len(koans)
+        return RunResults(
+            run_id,
+            {k: k in passed for k in koans},
+            rate,
+            max(0.0, rate - 0.2),
+            min(1.0, rate + 0.2),
+            first_attempt={k: k in first for k in koans},
+        )
+
+    # champion: a at attempt 1, b at a retry; candidate: c and d at attempt 1, b lost
+    champion = run("champ", {"a", "b"}, {"a"})
+    candidate = run("cand", {"a", "c", "d"}, {"a", "c", "d"})
+    by_pass = decide(candidate, champion, None, None)
+    assert not by_pass.promote and by_pass.regressions == ("b",)
+    greedy = decide(candidate, champion, None, None, GatePolicy(frozen_measure="first_attempt"))
+    assert greedy.promote, greedy.reasons
+    assert greedy.regressions == () and greedy.gains == ("c", "d")
+    assert greedy.reasons[0] == (
+        "0 frozen regressions at the first attempt <= allowed 0 (candidate run cand vs champion run champ)"
+    )
+    # losing a first-attempt pass is a regression on that measure, whatever the retries did
+    slipped = run("cand2", {"a", "b", "c"}, {"b", "c"})
+    verdict = decide(slipped, champion, None, None, GatePolicy(frozen_measure="first_attempt"))
+    assert not verdict.promote and verdict.regressions == ("a",)
+    assert "1 frozen regression at the first attempt (a) > allowed 0" in verdict.reasons[0]
+    with pytest.raises(ValueError, match="run champ-only has no first-attempt outcomes"):
+        decide(
+            candidate,
+            RunResults("champ-only", {k: False for k in koans}, 0.0, 0.0, 0.2),
+            None,
+            None,
+            GatePolicy(frozen_measure="first_attempt"),
+        )

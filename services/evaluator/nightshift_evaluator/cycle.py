@@ -42,7 +42,7 @@ from nightshift.v1 import (
     trainer_pb2_grpc,
 )
 
-from nightshift_evaluator import decisions
+from nightshift_evaluator import decisions, gate
 from nightshift_evaluator.runs import EvaluationRuns, Run, RunRequestError
 
 E = evaluator_pb2
@@ -116,6 +116,10 @@ def normalised(request: E.StartCycleRequest) -> E.StartCycleRequest:
             "day_set",
             "the day works the train pool, never an evaluation set",
         )
+    try:  # a policy the dawn could not apply is refused now, not hours later at the gate
+        gate.GatePolicy.from_overrides(dict(r.policy))
+    except ValueError as exc:
+        raise RunRequestError(grpc.StatusCode.INVALID_ARGUMENT, "policy", str(exc)) from None
     r.max_attempts = r.max_attempts or 3
     r.day_max_attempts = r.day_max_attempts or r.max_attempts
     r.repeats = r.repeats or 1

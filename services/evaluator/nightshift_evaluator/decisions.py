@@ -48,12 +48,14 @@ def finished_run(find, run_id: str, field: str) -> Run:
 
 def run_results(run: Run) -> gate.RunResults:
     summary = run.summary()
+    outs = outcomes(run)
     return gate.RunResults(
         run_id=run.run_id,
-        outcomes=metrics.majority_outcomes(outcomes(run)),
+        outcomes=metrics.majority_outcomes(outs),
         pass_rate=summary.pass_rate,
         pass_rate_low=summary.pass_rate_low,
         pass_rate_high=summary.pass_rate_high,
+        first_attempt=metrics.majority_first_attempts(outs),
     )
 
 

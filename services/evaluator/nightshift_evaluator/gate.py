@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from nightshift_evaluator import metrics
 
 HELDOUT_INTERVAL = "interval"
+# What a frozen koan's outcome is when regressions and gains are counted (GatePolicy.frozen_measure).
+MEASURES = ("pass", "first_attempt")
 # Pass rates are ratios of small integers; a difference this small is float noise, not a change.
 EPSILON = 1e-9
 # At most this many koan ids are spelled out in one error message or reason.
@@ -54,12 +56,18 @@ class GatePolicy:
       "0.02" for 2 points) → it may drop by at most that much.
     - require_pass_rate_not_lower: the candidate's frozen pass rate may not be below the champion's.
     - require_gain: at least one frozen gain or a strictly higher frozen pass rate; a tie keeps the champion.
+    - frozen_measure: what counts as passing a frozen koan when regressions and gains are counted:
+      "pass" (within the run's attempts, majority over repeats) or "first_attempt" (at the greedy first
+      attempt, majority over repeats). Sampled retries draw differently once a model changes, so the
+      same model flips koans passed at a retry between seeds; first attempts are deterministic, and a
+      regression there is a change in the model.
     """
 
     max_frozen_regressions: int = 0
     heldout_tolerance: str = HELDOUT_INTERVAL
     require_pass_rate_not_lower: bool = True
     require_gain: bool = True
+    frozen_measure: str = "pass"
 
     def __post_init__(self) -> None:
         if isinstance(self.max_frozen_regressions, bool) or not isinstance(self.max_frozen_regressions, int):
@@ -69,6 +77,10 @@ class GatePolicy:
         if self.max_frozen_regressions < 0:
             raise ValueError(f"max_frozen_regressions must be >= 0, got {self.max_frozen_regressions}")
         _parse_tolerance(self.heldout_tolerance)
+        if self.frozen_measure not in MEASURES:
+            raise ValueError(
+                f"frozen_measure must be one of {', '.join(MEASURES)}, got {self.frozen_measure!r}"
+            )
         for name in ("require_pass_rate_not_lower", "require_gain"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -105,6 +117,12 @@ class GatePolicy:
                 except ValueError as error:
                     raise ValueError(f"gate policy {raw_key}: {error}") from None
                 values[key] = HELDOUT_INTERVAL if tolerance is None else repr(tolerance)
+            elif key == "frozen_measure":
+                if value.lower() not in MEASURES:
+                    raise ValueError(
+                        f"gate policy {raw_key} must be one of {', '.join(MEASURES)}, got {raw_value!r}"
+                    )
+                values[key] = value.lower()
             else:
                 lowered = value.lower()
                 if lowered not in _TRUE | _FALSE:
@@ -119,6 +137,7 @@ class GatePolicy:
             "heldout_tolerance": self.heldout_tolerance,
             "require_pass_rate_not_lower": str(self.require_pass_rate_not_lower).lower(),
             "require_gain": str(self.require_gain).lower(),
+            "frozen_measure": self.frozen_measure,
         }
 
 
@@ -131,6 +150,8 @@ class RunResults:
     pass_rate: float
     pass_rate_low: float
     pass_rate_high: float
+    # koan id -> passed at the first attempt (majority over repeats); None: not known, `outcomes` only
+    first_attempt: Mapping[str, bool] | None = None
 
     def __post_init__(self) -> None:
         for name in ("pass_rate", "pass_rate_low", "pass_rate_high"):
@@ -178,7 +199,17 @@ def decide(
     if candidate_heldout is not None and champion_heldout is not None:
         _require_same_koans("held-out", candidate_heldout, champion_heldout)
 
-    comparison = metrics.compare(champion_frozen.outcomes, candidate_frozen.outcomes)
+    if policy.frozen_measure == "first_attempt":
+        for run in (candidate_frozen, champion_frozen):
+            if run.first_attempt is None:
+                raise ValueError(
+                    f"frozen_measure first_attempt: run {run.run_id} has no first-attempt outcomes"
+                )
+        comparison = metrics.compare(champion_frozen.first_attempt, candidate_frozen.first_attempt)
+        measure = " at the first attempt"
+    else:
+        comparison = metrics.compare(champion_frozen.outcomes, candidate_frozen.outcomes)
+        measure = ""
     failed: list[str] = []
     evidence: list[str] = []
 
@@ -189,9 +220,9 @@ def decide(
     runs = f"(candidate run {candidate_frozen.run_id} vs champion run {champion_frozen.run_id})"
     check(
         len(regressions) <= policy.max_frozen_regressions,
-        f"{_count(len(regressions), 'frozen regression')}{_ids(regressions)} <= allowed "
+        f"{_count(len(regressions), 'frozen regression')}{measure}{_ids(regressions)} <= allowed "
         f"{policy.max_frozen_regressions} {runs}",
-        f"{_count(len(regressions), 'frozen regression')}{_ids(regressions)} > allowed "
+        f"{_count(len(regressions), 'frozen regression')}{measure}{_ids(regressions)} > allowed "
         f"{policy.max_frozen_regressions} {runs}",
     )
 
@@ -211,13 +242,14 @@ def decide(
         gained = bool(gains) or cand_rate > champ_rate + EPSILON
         check(
             gained,
-            f"{_count(len(gains), 'frozen gain')}{_ids(gains)}, "
+            f"{_count(len(gains), 'frozen gain')}{measure}{_ids(gains)}, "
             f"sign test p = {comparison.sign_test_p:.4g}; {rates}",
-            f"no gain over the champion: 0 frozen gains and {rates}",
+            f"no gain over the champion: 0 frozen gains{measure} and {rates}",
         )
     elif gains:
         evidence.append(
-            f"{_count(len(gains), 'frozen gain')}{_ids(gains)}, sign test p = {comparison.sign_test_p:.4g}"
+            f"{_count(len(gains), 'frozen gain')}{measure}{_ids(gains)}, "
+            f"sign test p = {comparison.sign_test_p:.4g}"
         )
 
     promote = not failed

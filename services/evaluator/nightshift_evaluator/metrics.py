@@ -277,6 +277,11 @@ def majority_outcomes(outcomes: Sequence[KoanOutcome]) -> dict[str, bool]:
     return _majority(outcomes, lambda o: o.passed)
 
 
+def majority_first_attempts(outcomes: Sequence[KoanOutcome]) -> dict[str, bool]:
+    """Koan id → passed at the first attempt, by strict majority over the koan's repeats."""
+    return _majority(outcomes, lambda o: o.passed_first_attempt)
+
+
 def family_rates(outcomes: Sequence[KoanOutcome]) -> dict[str, FamilyRate]:
     """Family → koan-level rate (sorted by family): total distinct koans, passed by majority over repeats."""
     families = _koan_families(outcomes)
