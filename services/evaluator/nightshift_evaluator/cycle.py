@@ -145,6 +145,11 @@ class CycleRun:
     def round(self, cycle: int) -> E.CycleRound:
         return self.rounds.setdefault(cycle, E.CycleRound(cycle=cycle))
 
+    @property
+    def label(self) -> str:
+        """The cycle run in a few words for a figure: its recipe, and its preset when one was named."""
+        return self.request.recipe + (f" / {self.request.preset}" if self.request.preset else "")
+
     def apply(self, event) -> None:
         if isinstance(event, events_pb2.CyclePhaseStarted):
             self.current = (event.cycle, event.phase)
@@ -327,15 +332,18 @@ class CycleSaga:
             out.append((n, self.runs.find(run_id)))
         return out
 
-    @staticmethod
-    def label(cycle: CycleRun) -> str:
-        """A cycle run in a few words for a figure: its recipe, and its preset when one was named."""
-        r = cycle.request
-        return r.recipe + (f" / {r.preset}" if r.preset else "")
+    def curve(self, cycle_id: str, field: str) -> decisions.CycleCurve:
+        """What a report draws of a cycle run; NOT_FOUND naming `field` for an unknown one."""
+        try:
+            cycle = self.find(cycle_id)
+        except RunRequestError as exc:
+            raise exc.for_field(field) from None
+        return decisions.CycleCurve(
+            cycle_id, cycle.label, self.champion_runs(cycle_id), self._candidates(cycle)
+        )
 
-    def candidates(self, cycle_id: str) -> dict[int, decisions.Candidate]:
+    def _candidates(self, cycle: CycleRun) -> dict[int, decisions.Candidate]:
         """Round -> its candidate's frozen run, adapter and promotion, for every round the gate decided."""
-        cycle = self.find(cycle_id)
         return {
             n: decisions.Candidate(
                 run=self.runs.find(r.decision.candidate_run_id),

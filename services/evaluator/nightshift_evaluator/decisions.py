@@ -27,6 +27,16 @@ class Candidate:
     promoted: bool
 
 
+@dataclass(frozen=True)
+class CycleCurve:
+    """What a report draws of one cycle run: its label, the champion's runs and the gated candidates."""
+
+    cycle_id: str
+    label: str
+    champion_runs: Sequence[tuple[int, Run]]  # (round, frozen run); round 0 = the start
+    candidates: Mapping[int, Candidate]
+
+
 def outcomes(run: Run) -> list[metrics.KoanOutcome]:
     return [outcome_of(e) for e in run.order]
 
@@ -36,7 +46,7 @@ def finished_run(find, run_id: str, field: str) -> Run:
     try:
         run = find(run_id)
     except RunRequestError as exc:
-        raise RunRequestError(exc.code, field, str(exc).partition(": ")[2]) from None
+        raise exc.for_field(field) from None
     if not run.finished:
         raise RunRequestError(
             grpc.StatusCode.FAILED_PRECONDITION,
@@ -196,11 +206,13 @@ def forgetting_table(runs: Sequence[Run]) -> report.ForgettingTable:
 def build_report(
     find,
     request: E.GetReportRequest,
-    cycle_runs: Sequence[tuple[int, Run]] = (),
-    candidates: Mapping[int, Candidate] | None = None,
-    compared: Sequence[tuple[str, str, Sequence[tuple[int, Run]], Mapping[int, Candidate]]] = (),
+    cycles: Sequence[CycleCurve] = (),
 ) -> dict[str, bytes]:
-    """The report files of a finished run, optionally against another run and along a cycle's runs."""
+    """The report files of a finished run, optionally against another run and along cycle runs' rounds.
+
+    The first of `cycles` gives the learning curve and the forgetting matrix; with more, their curves are
+    drawn together.
+    """
     run = finished_run(find, request.run_id, "run_id")
     baseline = (
         finished_run(find, request.compare_run_id, "compare_run_id") if request.compare_run_id else None
@@ -212,17 +224,17 @@ def build_report(
         command += f" --cycle {request.cycle_id}"
     for cycle_id in request.compare_cycle_ids:
         command += f" --cycle {cycle_id}"
-    curve = learning_curve(cycle_runs, candidates) if cycle_runs else ()
+    series = [
+        report.CurveSeries(c.cycle_id, c.label, tuple(learning_curve(c.champion_runs, c.candidates)))
+        for c in cycles
+    ]
+    cycle_runs = cycles[0].champion_runs if cycles else ()
     table = forgetting_table([r for _, r in cycle_runs]) if len(cycle_runs) > 1 else None
     return report.render_report(
         run_data(run),
         command,
         baseline=run_data(baseline) if baseline is not None else None,
-        curve=curve,
+        curve=series[0].points if series else (),
         forgetting=table,
-        series=[
-            report.CurveSeries(cycle_id, label, tuple(learning_curve(runs, chosen)))
-            for cycle_id, label, runs, chosen in compared
-            if runs
-        ],
+        series=series,
     )

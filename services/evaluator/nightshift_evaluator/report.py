@@ -437,19 +437,7 @@ def _curve_section(curve: Sequence[CurvePoint]) -> list[str]:
             str(p.gains),
         ]
         if with_candidates:
-            c = p.candidate
-            row += (
-                ["–"] * 6
-                if c is None
-                else [
-                    f"`{c.run_id}`",
-                    f"`{c.adapter_id}`",
-                    _pct(c.pass_rate),
-                    str(c.regressions),
-                    str(c.gains),
-                    "promoted" if c.promoted else "rejected",
-                ]
-            )
+            row += _candidate_cells(p.candidate, with_adapter=True)
         rows.append(row)
     candidates = (
         " Candidates are the adapters each night trained, measured by the dawn's frozen-set run; "
@@ -473,6 +461,20 @@ def _curve_section(curve: Sequence[CurvePoint]) -> list[str]:
     ]
 
 
+def _candidate_cells(c: CurveCandidate | None, *, with_adapter: bool) -> list[str]:
+    """A candidate's table cells: run, (adapter,) pass rate, regressions, gains, the gate's decision."""
+    if c is None:
+        return ["–"] * (6 if with_adapter else 5)
+    return [
+        f"`{c.run_id}`",
+        *([f"`{c.adapter_id}`"] if with_adapter else []),
+        _pct(c.pass_rate),
+        str(c.regressions),
+        str(c.gains),
+        "promoted" if c.promoted else "rejected",
+    ]
+
+
 def _series_section(series: Sequence[CurveSeries]) -> list[str]:
     ids = ", ".join(f"`{s.cycle_id}`" for s in series)
     header = ["cycle run", "label", "cycle", "champion run", "pass rate", "candidate run", "pass rate"]
@@ -480,20 +482,9 @@ def _series_section(series: Sequence[CurveSeries]) -> list[str]:
     rows = []
     for s in series:
         for p in s.points:
-            c = p.candidate
             rows.append(
                 [f"`{s.cycle_id}`", s.label, str(p.cycle), f"`{p.run_id}`", _pct(p.pass_rate)]
-                + (
-                    ["–"] * 5
-                    if c is None
-                    else [
-                        f"`{c.run_id}`",
-                        _pct(c.pass_rate),
-                        str(c.regressions),
-                        str(c.gains),
-                        "promoted" if c.promoted else "rejected",
-                    ]
-                )
+                + _candidate_cells(p.candidate, with_adapter=False)
             )
     return [
         f"## Cycle runs compared (cycle runs {ids})",
@@ -644,7 +635,7 @@ def _learning_curve_figure(curve: Sequence[CurvePoint]) -> Figure:
     rates_axes.plot(
         cycles, [100 * p.pass_rate for p in curve], marker="o", color=COLOUR_RUN, label="champion"
     )
-    candidates = [(p.cycle, p.candidate) for p in curve if p.candidate is not None]
+    candidates = _candidates_of(curve)
     _candidate_markers(rates_axes, curve, "", s=60)
     rates_axes.set_ylim(0, 105)
     rates_axes.set_ylabel("pass rate (%)")
@@ -696,7 +687,7 @@ def _series_figure(series: Sequence[CurveSeries]) -> Figure:
             label=f"{label}: champion",
         )
         _candidate_markers(rates_axes, s.points, f"{label}: ", colour, s=70, edgecolor="black")
-        chosen = [(p.cycle, p.candidate) for p in s.points if p.candidate is not None]
+        chosen = _candidates_of(s.points)
         offset = (i - (len(series) - 1) / 2) * width
         xs = [x + offset for x, _ in chosen]
         counts_axes.bar(xs, [c.gains for _, c in chosen], width, color=colour, alpha=0.9)
@@ -713,9 +704,13 @@ def _series_figure(series: Sequence[CurveSeries]) -> Figure:
     return figure
 
 
+def _candidates_of(points: Sequence[CurvePoint]) -> list[tuple[int, CurveCandidate]]:
+    return [(p.cycle, p.candidate) for p in points if p.candidate is not None]
+
+
 def _candidate_markers(axes, points: Sequence[CurvePoint], label: str, colour: str = "", **style) -> None:
     """Each point's candidate at its pass rate: a triangle when promoted, a cross when rejected."""
-    chosen = [(p.cycle, p.candidate) for p in points if p.candidate is not None]
+    chosen = _candidates_of(points)
     for promoted, marker, default, word in (
         (True, "^", COLOUR_GAIN, "promoted"),
         (False, "X", COLOUR_REGRESSION, "rejected"),

@@ -69,6 +69,11 @@ class RunRequestError(Exception):
         super().__init__(f"{field_name}: {problem}")
         self.code = code
         self.field = field_name
+        self.problem = problem
+
+    def for_field(self, field_name: str) -> RunRequestError:
+        """The same refusal, naming the field of the request it came from."""
+        return RunRequestError(self.code, field_name, self.problem)
 
 
 # --- pure rules ------------------------------------------------------------------------------------

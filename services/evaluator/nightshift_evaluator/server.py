@@ -106,29 +106,11 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServicer):
 
     async def GetReport(self, request: evaluator_pb2.GetReportRequest, context):
         try:
-            cycle_runs, candidates, compared = [], {}, []
             if request.compare_cycle_ids and not request.cycle_id:
                 raise RunRequestError(grpc.StatusCode.INVALID_ARGUMENT, "compare_cycle_ids", "needs cycle_id")
-            if request.cycle_id:
-                cycle_runs = self.saga.champion_runs(request.cycle_id)
-                candidates = self.saga.candidates(request.cycle_id)
-                for cycle_id in [request.cycle_id, *request.compare_cycle_ids]:
-                    try:
-                        cycle = self.saga.find(cycle_id)
-                    except RunRequestError as exc:
-                        field = "cycle_id" if cycle_id == request.cycle_id else "compare_cycle_ids"
-                        raise RunRequestError(exc.code, field, str(exc).partition(": ")[2]) from None
-                    compared.append(
-                        (
-                            cycle_id,
-                            self.saga.label(cycle),
-                            self.saga.champion_runs(cycle_id),
-                            self.saga.candidates(cycle_id),
-                        )
-                    )
-            files = await asyncio.to_thread(
-                decisions.build_report, self.runs.find, request, cycle_runs, candidates, compared
-            )
+            cycles = [self.saga.curve(request.cycle_id, "cycle_id")] if request.cycle_id else []
+            cycles += [self.saga.curve(c, "compare_cycle_ids") for c in request.compare_cycle_ids]
+            files = await asyncio.to_thread(decisions.build_report, self.runs.find, request, cycles)
         except RunRequestError as exc:
             await context.abort(exc.code, str(exc))
         return evaluator_pb2.GetReportResponse(
